@@ -1,0 +1,55 @@
+"""Packaging for tb-weightdiff: the TensorBoard plugin, its frontend and its CLI."""
+
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+VERSION = {}
+with open(os.path.join(HERE, "tb_weightdiff", "version.py")) as handle:
+    exec(handle.read(), VERSION)  # pylint: disable=exec-used
+
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+    LONG_DESCRIPTION = handle.read()
+
+setuptools.setup(
+    name="tb-weightdiff",
+    version=VERSION["__version__"],
+    description="A TensorBoard tab that shows which layers learned and which did not.",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # The frontend lives in frontend/ and is installed as the package's static files.
+    packages=["tb_weightdiff", "tb_weightdiff.static"],
+    package_dir={"tb_weightdiff.static": "frontend"},
+    package_data={"tb_weightdiff.static": ["*.js", "*.css", "*.svg", "LICENSE*"]},
+    include_package_data=False,
+    install_requires=["tensorboard>=2.21", "numpy", "werkzeug"],
+    extras_require={
+        "tf": ["tensorflow>=2.21"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "playwright",
+            "hypothesis",
+            "scipy",
+            "build",
+        ],
+    },
+    entry_points={
+        "tensorboard_plugins": [
+            "tb_weightdiff = tb_weightdiff.loader:WeightDiffLoader",
+        ],
+        "console_scripts": [
+            "tb-weightdiff = tb_weightdiff.cli:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: TensorFlow",
+        "Intended Audience :: Science/Research",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

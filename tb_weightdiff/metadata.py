@@ -1,0 +1,219 @@
+"""The stored format of tb_weightdiff summaries; the one module that knows it.
+
+Every writer (`summary.weights`, `summary.weights_pb`, the Keras callback) and
+every reader (the plugin, the CLI) goes through this module, so the layout is
+written down once.
+
+One summary value holds one weight tensor at one step, as a rank-1 `float64`
+tensor laid out as::
+
+    [0, S)              statistics, named and ordered by `STAT_FIELDS`
+    [S, S + Q)          quantiles of the finite values at `QUANTILE_PROBABILITIES`
+    [S + Q, S + Q + 3k) histogram of the finite values: k buckets, each a
+                        `(left edge, right edge, count)` triple, i.e.
+                        TensorBoard's own `[k, 3]` histogram form, flattened
+
+with S = `len(STAT_FIELDS)` and Q = `len(QUANTILE_PROBABILITIES)`; k follows
+from the length. Statistics that do not apply are NaN: moments of a tensor
+without finite values, the reference statistics when no reference was given,
+`trainable` when it is unknown.
+
+The summary's `SummaryMetadata` has `plugin_name == PLUGIN_NAME`,
+`data_class == DATA_CLASS_TENSOR` (without it both TensorBoard loaders drop
+the data) and `content` holding JSON: `{"version": 1, "stats": S,
+"quantiles": Q}`. A reader meeting a version it does not know raises
+`UnsupportedVersionError`; callers skip that series and say so.
+"""
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+from tensorboard.compat.proto import summary_pb2
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "tb_weightdiff"
+
+# The plugin name of TensorBoard's own histograms (Keras's `TensorBoard`
+# callback, `tf.summary.histogram`, `histogram_pb`, torch's `add_histogram`).
+HISTOGRAM_PLUGIN_NAME = "histograms"
+
+# Bump when the layout above changes; readers refuse versions they do not know.
+FORMAT_VERSION = 1
+
+DEFAULT_BUCKET_COUNT = 30
+
+STAT_FIELDS = (
+    "count",  # every element, finite or not
+    "finite_count",
+    "nan_count",
+    "posinf_count",
+    "neginf_count",
+    "mean",  # mean, std, min, max and l2_norm are over the finite values
+    "std",
+    "min",
+    "max",
+    "l2_norm",
+    "zero_fraction",  # exact zeros / count
+    "trainable",  # 1.0, 0.0, or NaN when unknown
+    "fingerprint",  # CRC-32 of the raw bytes: equal means bit-identical (almost surely)
+    "reference_l2_norm",  # ||W0||
+    "reference_distance",  # ||W - W0||
+    "relative_change",  # ||W - W0|| / ||W0||; 0 if W == W0; NaN if W0 == 0 != W
+    "cosine_distance",  # 1 - cos(W, W0), in [0, 2]; 0 if W == W0; NaN if a norm is 0
+)
+
+# Evenly spaced so that the Wasserstein-1 distance between two steps is a
+# simple integral over p; 0 and 1 are the finite minimum and maximum.
+QUANTILE_PROBABILITIES = tuple(i / 64 for i in range(65))
+
+_STAT_INDEX = {name: i for i, name in enumerate(STAT_FIELDS)}
+_HEADER_LENGTH = len(STAT_FIELDS) + len(QUANTILE_PROBABILITIES)
+
+
+class UnsupportedVersionError(ValueError):
+    """The summary was written in a format version this reader does not know."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginData:
+    """What a summary's metadata `content` says."""
+
+    version: int
+    stat_count: int
+    quantile_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSummary:
+    """One weight tensor at one step, decoded.
+
+    Attributes:
+      stats: `{name: float}` for every name in `STAT_FIELDS`.
+      quantiles: float64 array aligned with `QUANTILE_PROBABILITIES`
+        (all NaN when there were no finite values).
+      histogram: float64 array of shape `[k, 3]` (left, right, count).
+    """
+
+    stats: dict
+    quantiles: np.ndarray
+    histogram: np.ndarray
+
+    def stat(self, name):
+        return self.stats[name]
+
+
+def create_summary_metadata(display_name=None, description=None):
+    """Returns the `SummaryMetadata` every tb_weightdiff summary carries."""
+    content = json.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "stats": len(STAT_FIELDS),
+            "quantiles": len(QUANTILE_PROBABILITIES),
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+    return summary_pb2.SummaryMetadata(
+        display_name=display_name or "",
+        summary_description=description or "",
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=content
+        ),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def parse_plugin_metadata(content):
+    """Parses the `content` of a tb_weightdiff `SummaryMetadata`.
+
+    Args:
+      content: `bytes`, the `plugin_data.content` field.
+
+    Returns:
+      A `PluginData`.
+
+    Raises:
+      UnsupportedVersionError: written by a newer tb_weightdiff.
+      ValueError: not tb_weightdiff metadata at all.
+    """
+    if not isinstance(content, (bytes, bytearray)):
+        raise TypeError("content must be bytes, not %s" % type(content).__name__)
+    try:
+        parsed = json.loads(bytes(content).decode("utf-8"))
+        version = int(parsed["version"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError("malformed tb_weightdiff metadata: %s" % error) from None
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            "tb_weightdiff format version %d is not supported by this reader "
+            "(it reads version %d); upgrade tb-weightdiff to read it"
+            % (version, FORMAT_VERSION)
+        )
+    stat_count = parsed.get("stats")
+    quantile_count = parsed.get("quantiles")
+    if stat_count != len(STAT_FIELDS) or quantile_count != len(
+        QUANTILE_PROBABILITIES
+    ):
+        raise ValueError(
+            "malformed tb_weightdiff metadata: layout %r/%r does not match "
+            "version %d" % (stat_count, quantile_count, version)
+        )
+    return PluginData(version, stat_count, quantile_count)
+
+
+def encode(stats, quantiles, histogram):
+    """Packs one weight summary into the stored rank-1 float64 layout.
+
+    Args:
+      stats: sequence of floats in `STAT_FIELDS` order.
+      quantiles: sequence of floats aligned with `QUANTILE_PROBABILITIES`.
+      histogram: array of shape `[k, 3]`.
+    """
+    histogram = np.asarray(histogram, dtype=np.float64).reshape(-1, 3)
+    return np.concatenate(
+        [
+            np.asarray(stats, dtype=np.float64),
+            np.asarray(quantiles, dtype=np.float64),
+            histogram.ravel(),
+        ]
+    )
+
+
+def decode(values):
+    """Unpacks a stored tensor into a `WeightSummary`.
+
+    Raises:
+      ValueError: the tensor does not have the layout of this format version
+        (wrong rank or length); the message says how.
+    """
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(
+            "malformed tb_weightdiff tensor: rank %d, expected 1" % array.ndim
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            "malformed tb_weightdiff tensor: dtype %s, expected float64"
+            % array.dtype
+        )
+    extra = array.size - _HEADER_LENGTH
+    if extra < 0 or extra % 3:
+        raise ValueError(
+            "malformed tb_weightdiff tensor: length %d is not %d + 3k"
+            % (array.size, _HEADER_LENGTH)
+        )
+    array = array.astype(np.float64, copy=False)
+    stat_count = len(STAT_FIELDS)
+    stats = {name: float(array[i]) for i, name in enumerate(STAT_FIELDS)}
+    return WeightSummary(
+        stats=stats,
+        quantiles=array[stat_count:_HEADER_LENGTH],
+        histogram=array[_HEADER_LENGTH:].reshape(-1, 3),
+    )
+
+
+def stat_index(name):
+    """Position of statistic `name` in the stored tensor."""
+    return _STAT_INDEX[name]
