@@ -53,3 +53,139 @@ def read_logdir(loader):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)
+
+
+class TensorBoardProcess:
+    """A real `tensorboard --logdir` process on a free loopback port."""
+
+    def __init__(self, logdir, load_fast="true", extra_args=()):
+        import re
+        import shutil
+        import subprocess
+        import sys
+
+        executable = shutil.which("tensorboard", path=os.path.dirname(sys.executable)) or shutil.which("tensorboard")
+        assert executable, "the tensorboard command is not installed"
+        self.log_path = os.path.join(str(logdir), os.pardir, "tensorboard-%d.log" % id(self))
+        self._log = open(self.log_path, "w+")
+        self.process = subprocess.Popen(
+            [executable, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
+             "--load_fast", load_fast, "--reload_interval", "1", *extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            self._log.seek(0)
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", self._log.read())
+            if match:
+                self.url = "http://127.0.0.1:%s" % match.group(1)
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError("tensorboard did not start:\n" + self.output())
+
+    def output(self):
+        self._log.seek(0)
+        return self._log.read()
+
+    def get(self, path, timeout=30):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, error.read()
+
+    def get_json(self, path):
+        import json
+
+        status, _, body = self.get(path)
+        assert status == 200, (path, status, body[:500])
+        return json.loads(body)
+
+    def wait_for(self, predicate, path, timeout=60):
+        """Polls `path` until `predicate(json)` holds; returns that JSON."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.get_json(path)
+            if predicate(last):
+                return last
+            time.sleep(0.3)
+        raise AssertionError("timed out waiting on %s; last answer: %r" % (path, last))
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:  # pylint: disable=broad-except
+                self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def tensorboard_process():
+    """`tensorboard_process(logdir, load_fast="true")` starts TensorBoard; all stop at teardown."""
+    started = []
+
+    def start(logdir, load_fast="true", extra_args=()):
+        server = TensorBoardProcess(logdir, load_fast, extra_args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = os.environ.get(
+    "TBWD_ARTIFACTS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (never a downloaded browser)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("%s is missing: run the README's test command, which installs it" % CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1280x800 page that records page errors in `page.errors`."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    new_page = context.new_page()
+    new_page.errors = []
+    new_page.on("pageerror", lambda error: new_page.errors.append(str(error)))
+    yield new_page
+    context.close()
+
+
+def plugin_frame(page, timeout=30):
+    """The iframe TensorBoard loads the Weight Diff tab into."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if "plugin_entry.html" in frame.url and "name=tb_weightdiff" in frame.url:
+                return frame
+        page.wait_for_timeout(100)  # lets Playwright process frame events
+    raise AssertionError("no tb_weightdiff iframe; frames: %r" % [f.url for f in page.frames])
