@@ -94,31 +94,48 @@ def _fingerprint(array):
     return float(zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
 
 
-def _histogram(finite_values, minimum, maximum, bucket_count):
+def _histogram(sorted_finite, bucket_count):
+    """TensorBoard's `[k, 3]` histogram of already sorted finite values.
+
+    Buckets are equal-width from the minimum to the maximum, each closed on
+    the left and the last one also on the right (numpy's `histogram` rule);
+    counting is k + 1 binary searches in the sorted values.
+    """
     if bucket_count == 0:
         return np.zeros((0, 3))
-    if finite_values.size == 0:
+    if sorted_finite.size == 0:
         return np.zeros((bucket_count, 3))
+    minimum, maximum = float(sorted_finite[0]), float(sorted_finite[-1])
     if minimum == maximum:
         edges = np.full(bucket_count, minimum, dtype=np.float64)
         counts = np.zeros(bucket_count)
-        counts[-1] = finite_values.size
+        counts[-1] = sorted_finite.size
         return np.stack([edges, edges, counts], axis=1)
-    # Edges come from float64 arithmetic on the float64 extremes so that a
-    # float32 tensor is bucketed exactly as the same values in float64. When
-    # the range itself overflows (values near +-1.8e308) work on halves:
-    # halving and doubling are exact.
+    # When the range itself overflows (values near +-1.8e308) the edges are
+    # spaced on halves: halving and doubling are exact.
     scale = 1.0 if np.isfinite(maximum - minimum) else 0.5
-    low, high = minimum * scale, maximum * scale
-    edges = np.linspace(low, high, bucket_count + 1) / scale
-    width = (high - low) / bucket_count
-    offsets = np.subtract(finite_values, minimum, dtype=np.float64) if scale == 1.0 else (
-        finite_values.astype(np.float64) * scale - low
-    )
-    indices = (offsets / width).astype(np.int64)
-    np.clip(indices, 0, bucket_count - 1, out=indices)
-    counts = np.bincount(indices, minlength=bucket_count).astype(np.float64)
+    edges = np.linspace(minimum * scale, maximum * scale, bucket_count + 1) / scale
+    edges[0], edges[-1] = minimum, maximum
+    positions = np.searchsorted(sorted_finite, edges[1:-1], side="left")
+    counts = np.diff(np.concatenate([[0], positions, [sorted_finite.size]])).astype(np.float64)
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def _quantiles(sorted_finite):
+    """Quantiles at the fixed probabilities, exactly as `np.quantile`'s default
+    (linear) method computes them, read off the sorted values."""
+    size = sorted_finite.size
+    positions = _QUANTILE_PROBABILITIES * (size - 1)
+    below = np.floor(positions).astype(np.intp)
+    above = np.minimum(below + 1, size - 1)
+    fraction = positions - below
+    low = sorted_finite[below].astype(np.float64)
+    high = sorted_finite[above].astype(np.float64)
+    difference = high - low
+    result = low + difference * fraction
+    # numpy's _lerp: interpolate from the nearer end, for monotonicity.
+    np.subtract(high, difference * (1 - fraction), out=result, where=fraction >= 0.5)
+    return result
 
 
 def _reference_statistics(values, reference):
@@ -171,32 +188,34 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
             )
     values = _as_float(array)
     count = values.size
-    nan_count = posinf_count = neginf_count = 0
-    finite_mask = np.isfinite(values)
-    if finite_mask.all():
-        finite_values = values
-    else:
-        finite_values = values[finite_mask]
-        nan_count = int(np.count_nonzero(np.isnan(values)))
-        posinf_count = int(np.count_nonzero(values == np.inf))
-        neginf_count = int(np.count_nonzero(values == -np.inf))
-    finite_count = finite_values.size
+    # One sort serves the quantiles, the extremes, the non-finite and zero
+    # counts and the histogram (binary searches); numpy's SIMD sort of a
+    # float32 tensor costs a few passes over it.
+    sorted_values = np.sort(values)
+    nan_count = count - int(np.searchsorted(sorted_values, np.nan, side="left"))
+    neginf_count = int(np.searchsorted(sorted_values, -np.inf, side="right"))
+    posinf_count = count - nan_count - int(np.searchsorted(sorted_values, np.inf, side="left"))
+    sorted_finite = sorted_values[neginf_count : count - nan_count - posinf_count]
+    finite_count = sorted_finite.size
+    zero_count = int(
+        np.searchsorted(sorted_finite, 0, side="right") - np.searchsorted(sorted_finite, 0, side="left")
+    )
 
     if finite_count:
-        as_float64 = finite_values.astype(np.float64, copy=False)
-        minimum = float(as_float64.min())
-        maximum = float(as_float64.max())
+        as_float64 = sorted_finite.astype(np.float64, copy=False)
+        minimum = float(sorted_finite[0])
+        maximum = float(sorted_finite[-1])
         with np.errstate(over="ignore", invalid="ignore"):
             mean = float(as_float64.sum() / finite_count)
             deviations = as_float64 - mean
             std = float(np.sqrt(np.dot(deviations, deviations) / finite_count))
             l2_norm = float(np.sqrt(np.dot(as_float64, as_float64)))
-        quantiles = np.quantile(as_float64, _QUANTILE_PROBABILITIES)
+        quantiles = _quantiles(sorted_finite)
     else:
         minimum = maximum = mean = std = np.nan
         l2_norm = 0.0 if count == 0 else np.nan
         quantiles = np.full(len(_QUANTILE_PROBABILITIES), np.nan)
-    zero_fraction = (count - np.count_nonzero(values)) / count if count else np.nan
+    zero_fraction = zero_count / count if count else np.nan
 
     if reference is not None:
         reference_stats = _reference_statistics(values, reference)
@@ -222,7 +241,7 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
         "relative_change": reference_stats[2],
         "cosine_distance": reference_stats[3],
     }
-    histogram = _histogram(finite_values, minimum, maximum, bucket_count)
+    histogram = _histogram(sorted_finite, bucket_count)
     return metadata.encode(
         [stats[name] for name in metadata.STAT_FIELDS], quantiles, histogram
     )

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test suite, from a fresh machine: install Debian's chromium for the
+# browser tests (apt, needs root), build a wheel of this checkout, install it
+# as a user would into a fresh virtual environment with TensorFlow and run
+# every test; then install the same wheel into a second environment WITHOUT
+# TensorFlow (where TensorBoard often runs) and run the suite again there:
+# the plugin, weights_pb and the CLI must work; TensorFlow-only tests skip.
+#
+#   bash run_tests.sh              # everything
+#   bash run_tests.sh -k summary   # extra arguments go to both pytest runs
+#
+# Needs Python 3.10+, PyPI, and root (or chromium already at /usr/bin/chromium).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || { echo "run_tests.sh: Python 3.10+ is needed ($PYTHON is older)" >&2; exit 2; }
+
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  else
+    echo "run_tests.sh: /usr/bin/chromium is missing; run as root or 'sudo apt-get install chromium'" >&2
+    exit 2
+  fi
+fi
+
+rm -rf .venv-test .venv-notf dist-test
+"$PYTHON" -m venv .venv-test
+.venv-test/bin/python -m pip install -q --upgrade pip setuptools wheel
+.venv-test/bin/python -m pip wheel -q --no-deps --no-build-isolation -w dist-test .
+WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
+.venv-test/bin/python -m pip install -q "$WHEEL[tf,test]"
+
+echo "== tests with TensorFlow (installed wheel: $WHEEL) =="
+TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider "$@"
+
+"$PYTHON" -m venv .venv-notf
+.venv-notf/bin/python -m pip install -q --upgrade pip
+.venv-notf/bin/python -m pip install -q "$WHEEL[test]"
+echo "== tests without TensorFlow =="
+TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider "$@"

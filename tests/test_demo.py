@@ -1,0 +1,39 @@
+"""The demo (the README's main command) on a few hundred synthetic images."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tb_weightdiff import metadata
+from tb_weightdiff import reader
+from conftest import requires_tf
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "train_cifar10.py")
+
+
+@requires_tf
+@pytest.mark.slow
+def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
+    logdir = tmp_path / "cifar10"
+    result = subprocess.run(
+        [sys.executable, DEMO, "--synthetic", "--samples", "300", "--epochs", "2", "--logdir", str(logdir)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorboard --logdir %s" % logdir in result.stdout
+    with reader.open_logdir(str(logdir), loader="python") as opened:
+        ours, warnings = reader.read_series(opened)
+        keras_histograms, _ = reader.read_series(opened, plugin_name=metadata.HISTOGRAM_PLUGIN_NAME)
+    assert warnings == []
+    assert {s.run for s in ours} == {s.run for s in keras_histograms} == {"healthy/train", "frozen_conv2d_1/train"}
+    by_key = {(s.run, s.tag): s for s in ours}
+    assert len(by_key) == 16  # 8 weight tensors per run
+    frozen = by_key[("frozen_conv2d_1/train", "sequential/conv2d_1/kernel")]
+    assert frozen.steps == [0, 1, 2]
+    assert [s.stat("reference_distance") for s in frozen.summaries] == [0.0, 0.0, 0.0]
+    assert [s.stat("trainable") for s in frozen.summaries] == [0.0, 0.0, 0.0]
+    healthy = by_key[("healthy/train", "sequential/conv2d_1/kernel")]
+    assert healthy.summaries[-1].stat("relative_change") > 1e-3
