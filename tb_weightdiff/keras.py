@@ -87,7 +87,10 @@ def _build_callback_class(keras):
         callback uses (it adds `/histogram`). Step 0 holds the weights before
         training (logged in `on_train_begin`); step `n` the weights after `n`
         epochs. Note that Keras's `TensorBoard` callback logs its histograms
-        at step `n - 1` after `n` epochs. Whether each variable is trainable
+        at step `n - 1` after `n` epochs. A model that is not built when
+        `fit` starts (no `keras.Input`) gets its weights only inside the
+        first train step, which also updates them: step 0 then holds the
+        weights after the first batch, and a warning says so. Whether each variable is trainable
         is recorded with every step.
 
         Events go to `<log_dir>/train`, beside those of
@@ -144,6 +147,7 @@ def _build_callback_class(keras):
             self._writer = None
             self._reference = {}
             self._baseline_logged = False
+            self._baseline_pending = False
             self._last_logged_step = None
             self._last_epoch = None
             self._failed = False
@@ -159,9 +163,24 @@ def _build_callback_class(keras):
             self._baseline_logged = True
             if not self._is_chief():
                 return
-            if self.keep_reference:
-                self._guard(self._snapshot_reference)
-            self._guard(self._log, 0)
+            if not self.model.weights:
+                # A model without an Input is built inside its first train
+                # step, which also applies the first update: the weights from
+                # before training never exist where a callback can see them.
+                self._baseline_pending = True
+                logger.warning(
+                    "WeightDiffCallback: the model is not built before fit(), so "
+                    "step 0 holds the weights after the first batch, not before "
+                    "training. Build it first (keras.Input(...) or model.build(...)) "
+                    "to record the initial weights."
+                )
+                return
+            self._record_baseline()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._baseline_pending:
+                self._baseline_pending = False
+                self._record_baseline()
 
         def on_epoch_end(self, epoch, logs=None):
             self._last_epoch = epoch
@@ -175,6 +194,11 @@ def _build_callback_class(keras):
                 self._guard(self._writer.flush)
 
         # -- internals ------------------------------------------------------
+
+        def _record_baseline(self):
+            if self.keep_reference:
+                self._guard(self._snapshot_reference)
+            self._guard(self._log, 0)
 
         def _is_chief(self):
             if self._chief is None:

@@ -255,3 +255,23 @@ def test_is_chief_with_tensorflow_cluster_resolver():
 def test_callback_without_keras_names_the_install():
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
         from tb_weightdiff.keras import WeightDiffCallback  # noqa: F401
+
+
+@requires_tf
+def test_unbuilt_model_gets_a_baseline_after_the_first_batch_and_a_warning(tmp_path, caplog):
+    import keras
+
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(1)])  # no Input: unbuilt
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    with caplog.at_level(logging.WARNING, logger="tb_weightdiff.keras"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[WeightDiffCallback(str(tmp_path))])
+    assert "not built before fit()" in caplog.text
+    ours, _, _ = _read(tmp_path)
+    assert len(ours) == 4
+    for series in ours.values():
+        assert series.steps == [0, 1, 2]
+        assert series.summaries[0].stat("reference_distance") == 0.0
+        assert series.summaries[-1].stat("reference_distance") > 0.0
