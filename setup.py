@@ -36,6 +36,8 @@ setuptools.setup(
             "hypothesis",
             "scipy",
             "build",
+            "setuptools>=64",
+            "wheel",
         ],
     },
     entry_points={
