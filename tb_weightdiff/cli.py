@@ -1,18 +1,123 @@
 """`tb-weightdiff`: the command line.
 
-Errors are one line on stderr and exit status 2; nothing prints a traceback.
+`tb-weightdiff report --logdir DIR` prints the verdicts of `tb_weightdiff.analysis`
+for every run (worst first), as a table, `--json` or `--csv`.
+
+Exit status: 0 when the report was printed; 1 when `--fail-on` matched a
+variable's or a layer's verdict (for training pipelines); 2 for errors (a
+missing or empty logdir, no weight data, an unknown `--run`, bad flags). Errors
+are one line on stderr; nothing prints a traceback.
 """
 
 import argparse
+import csv
+import io
+import math
 import sys
+import types
 
+from tb_weightdiff import analysis
+from tb_weightdiff import reader
 from tb_weightdiff.version import __version__
+
+# Both import little (numpy and TensorBoard's protobufs); the data providers
+# themselves (grpc, the event loaders) load only when `report` opens a logdir.
+_VERDICTS = analysis.VERDICTS
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints usage plus the message; one line is enough for a pipeline log.
         self.exit(2, "%s: error: %s\n" % (self.prog, message))
+
+
+class _CommandError(Exception):
+    """An error worth one line on stderr and exit status 2."""
+
+
+def _threshold(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("%r must be a finite number >= 0" % text)
+    return value
+
+
+def _verdict_list(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in _VERDICTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            "%r: verdicts are %s" % (", ".join(unknown) or text, ", ".join(_VERDICTS))
+        )
+    return names
+
+
+def _add_report_parser(subparsers):
+    report = subparsers.add_parser(
+        "report",
+        help="print every layer's verdict (learning, not_learning, frozen, diverged, unknown)",
+        description=(
+            "Judge how far every weight tensor moved across the logged steps and print "
+            "the verdicts, worst first. Reads tb_weightdiff summaries, or plain weight "
+            "histograms (keras.callbacks.TensorBoard(histogram_freq=1), tf.summary / "
+            "torch histograms) where a run has no tb_weightdiff summaries."
+        ),
+    )
+    report.add_argument("--logdir", required=True, help="the directory given to tensorboard --logdir")
+    report.add_argument(
+        "--run",
+        action="append",
+        dest="runs",
+        metavar="RUN",
+        help="only this run, as TensorBoard names it (repeat for several)",
+    )
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON (strict: null, never NaN)")
+    output.add_argument("--csv", action="store_true", help="print CSV, one row per variable")
+    defaults = analysis.Thresholds().to_json()
+    report.add_argument(
+        "--min-relative-change",
+        type=_threshold,
+        metavar="X",
+        help="floor on ||W - W0|| / ||W0|| (default %g)" % defaults["min_relative_change"],
+    )
+    report.add_argument(
+        "--min-shift",
+        type=_threshold,
+        metavar="X",
+        help="floor on the histogram shift, W1 / baseline std (default %g)" % defaults["min_shift"],
+    )
+    report.add_argument(
+        "--min-ratio-to-median",
+        type=_threshold,
+        metavar="X",
+        help="floor on movement / the run's median movement (default %g)"
+        % defaults["min_ratio_to_median"],
+    )
+    report.add_argument(
+        "--fail-on",
+        type=_verdict_list,
+        metavar="VERDICTS",
+        help="exit 1 when a layer or variable gets one of these comma-separated verdicts, "
+        "e.g. frozen,not_learning,diverged",
+    )
+    report.add_argument(
+        "--source",
+        choices=analysis.SOURCES,
+        default="auto",
+        help="judge from tb_weightdiff summaries, plain histograms, or auto: ours where "
+        "a run has them (default auto)",
+    )
+    report.add_argument(
+        "--loader",
+        choices=reader.LOADERS,
+        default="auto",
+        help="TensorBoard's Rust data server, its Python loader, or auto: rust where "
+        "installed (default auto)",
+    )
 
 
 def build_parser():
@@ -26,8 +131,174 @@ def build_parser():
     parser.add_argument(
         "--version", action="version", version="tb-weightdiff %s" % __version__
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_report_parser(subparsers)
     return parser
+
+
+# -- output -------------------------------------------------------------------
+
+
+def _printable(name):
+    """A name from a log, safe to print on a terminal (control characters escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
+def _number(value):
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return "%.4g" % value
+    return "%.2e" % value
+
+
+def _row(entry, name):
+    kind = entry.get("movement_kind")
+    movement = _number(entry.get("movement"))
+    if kind and entry.get("movement") is not None:
+        movement += " (%s)" % ("rel" if kind == "relative_change" else "shift")
+    ratio = entry.get("ratio_to_median")
+    trainable = entry.get("trainable")
+    return [
+        entry["verdict"],
+        name,
+        movement,
+        _number(ratio) if ratio is not None else "-",
+        _number(entry.get("shift")),
+        _number(entry.get("relative_change")),
+        _number(entry.get("cosine_distance")),
+        "-" if entry.get("diverged_step") is None else str(entry["diverged_step"]),
+        {True: "yes", False: "no", None: "?"}[trainable],
+    ]
+
+
+_HEADER = ["VERDICT", "LAYER / variable", "MOVEMENT", "x MEDIAN", "SHIFT", "REL.CHANGE", "COS.DIST", "DIVERGED@", "TRAINABLE"]
+
+
+def _format_table(result):
+    out = io.StringIO()
+    thresholds = result["thresholds"]
+    out.write(
+        "thresholds: min_relative_change=%g  min_shift=%g  min_ratio_to_median=%g\n"
+        % (
+            thresholds["min_relative_change"],
+            thresholds["min_shift"],
+            thresholds["min_ratio_to_median"],
+        )
+    )
+    out.write(
+        "MOVEMENT: largest relative change ||W - W0|| / ||W0|| (rel) or histogram shift "
+        "W1 / baseline std (shift) from the baseline; x MEDIAN: movement / the run's median\n"
+    )
+    for run in result["runs"]:
+        steps = run["steps"]
+        span = "%d..%d, %d logged" % (steps[0], steps[-1], len(steps)) if steps else "none"
+        out.write(
+            "\nrun %s  (source %s; steps %s; baseline step %s)\n"
+            % (_printable(run["run"]), run["source"], span, run["baseline_step"])
+        )
+        for warning in run["warnings"]:
+            out.write("  warning: %s\n" % _printable(warning))
+        rows = [_HEADER]
+        for layer in run["layers"]:
+            rows.append(_row(layer, _printable(layer["name"])))
+            if len(layer["variables"]) > 1 or layer["variables"][0]["name"] != layer["name"]:
+                for variable in layer["variables"]:
+                    rows.append(_row(variable, "  " + _printable(variable["name"])))
+        if len(rows) == 1:
+            out.write("  (no weight series)\n")
+            continue
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+            out.write("  " + "  ".join(cells).rstrip() + "\n")
+        counts = ", ".join(
+            "%d %s" % (run["verdict_counts"][v], v) for v in _VERDICTS if run["verdict_counts"][v]
+        )
+        out.write("  layers: %s\n" % counts)
+    return out.getvalue()
+
+
+_CSV_FIELDS = [
+    "run", "source", "layer", "layer_verdict", "variable", "tag", "verdict", "trainable",
+    "elements", "baseline_step", "last_step", "diverged_step", "movement", "movement_kind",
+    "ratio_to_median", "shift", "max_shift", "relative_change", "cosine_distance",
+    "reference_distance", "scale", "scale_basis", "reason",
+]
+
+
+def _format_csv(result):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_CSV_FIELDS)
+    for run in result["runs"]:
+        for layer in run["layers"]:
+            for variable in layer["variables"]:
+                record = dict(variable)
+                record.update(
+                    run=run["run"],
+                    source=run["source"],
+                    layer=layer["name"],
+                    layer_verdict=layer["verdict"],
+                    variable=variable["name"],
+                    last_step=variable["steps"][-1] if variable["steps"] else None,
+                )
+                writer.writerow(
+                    ["" if record.get(field) is None else record[field] for field in _CSV_FIELDS]
+                )
+    return out.getvalue()
+
+
+# -- the command ----------------------------------------------------------------
+
+
+def _report(args):
+    given = {
+        "min_relative_change": args.min_relative_change,
+        "min_shift": args.min_shift,
+        "min_ratio_to_median": args.min_ratio_to_median,
+    }
+    thresholds = analysis.Thresholds(**{k: v for k, v in given.items() if v is not None})
+    if "tensorflow" not in sys.modules:
+        # TensorBoard's Python loader imports TensorFlow where it is installed,
+        # only for file access it can do without: 700 MB of memory and seconds
+        # of start-up for nothing. This marker makes TensorBoard use its stub.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    try:
+        with reader.open_logdir(args.logdir, loader=args.loader) as opened:
+            result = analysis.analyze_logdir(
+                opened, runs=args.runs, thresholds=thresholds, source=args.source
+            )
+    except (reader.LogdirError, analysis.AnalysisError) as error:
+        raise _CommandError(str(error)) from None
+    if not result["runs"]:
+        what = {
+            "auto": "no tb_weightdiff summaries and no weight histograms",
+            "tb_weightdiff": "no tb_weightdiff summaries",
+            "histograms": "no weight histograms",
+        }[args.source]
+        raise _CommandError(
+            "logdir %s holds %s; log them with tb_weightdiff.keras.WeightDiffCallback "
+            "or keras.callbacks.TensorBoard(histogram_freq=1)" % (args.logdir, what)
+        )
+    if args.json:
+        text = analysis.to_json(result, indent=1) + "\n"
+    elif args.csv:
+        text = _format_csv(result)
+    else:
+        text = _format_table(result)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if args.fail_on:
+        matched = analysis.verdicts_of(result) & set(args.fail_on)
+        if matched:
+            sys.stderr.write(
+                "tb-weightdiff: --fail-on matched: %s\n" % ", ".join(v for v in _VERDICTS if v in matched)
+            )
+            return 1
+    return 0
 
 
 def main(argv=None):
@@ -36,7 +307,24 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        return _report(args)
+    except _CommandError as error:
+        sys.stderr.write("%s %s: error: %s\n" % (parser.prog, args.command, error))
+        return 2
+    except BrokenPipeError:
+        # `tb-weightdiff report ... | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted\n" % parser.prog)
+        return 130
+    except Exception as error:  # pylint: disable=broad-except
+        # Never a traceback: one line a pipeline log can show.
+        sys.stderr.write(
+            "%s %s: error: %s: %s\n" % (parser.prog, args.command, type(error).__name__, error)
+        )
+        return 2
 
 
 if __name__ == "__main__":
