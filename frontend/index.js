@@ -1,86 +1,213 @@
 // The Weight Diff tab. TensorBoard loads this ES module into an iframe and
-// calls render(). Names from logs are data: they go in through textContent,
-// never innerHTML.
+// calls render(). Data fetching and state live here and in ./static/model.js;
+// DOM building in ./static/views.js and ./static/charts.js. The iframe is out
+// of reach of TensorBoard's reload button, so the tab refreshes itself.
 
-const REFRESH_MS = 30000;
+import {el} from './static/dom.js';
+import {VERDICTS, fetchJson, latestOnly, query, toCsv} from './static/model.js';
+import {controls, detailPanel, emptyState, runSection} from './static/views.js';
 
-/**
- * Fetches the list of weight series, relative to this module's URL.
- * @return {Promise<{runs: Array<{run: string, source: string, tags: string[], max_step: ?number}>}>}
- */
-async function fetchSeries() {
-  const response = await fetch('./series');
-  if (!response.ok) {
-    throw new Error(`${response.status} ${await response.text()}`);
+const DEFAULT_INTERVAL_MS = 15000;
+
+class WeightDiffTab {
+  constructor(root) {
+    this.root = root;
+    this.state = {
+      runs: [],
+      deselected: new Set(),
+      verdictFilter: new Set(VERDICTS),
+      thresholds: {},
+      result: null,
+      expanded: new Set(),
+      selected: null,  // {run, tag}
+      detail: null,
+      selection: null,  // {a, b, comparison} as indices into detail.steps
+      autoRefresh: true,
+      intervalMs: DEFAULT_INTERVAL_MS,
+    };
+    this.fetchVerdicts = latestOnly((route) => fetchJson(route));
+    this.fetchDetail = latestOnly((route) => fetchJson(route));
+    this.fetchComparison = latestOnly((route) => fetchJson(route));
+    this.bar = controls(this.state, {
+      runsChanged: (run, checked) => {
+        if (checked) this.state.deselected.delete(run); else this.state.deselected.add(run);
+        this.refresh();
+      },
+      filterChanged: (verdict, checked) => {
+        if (checked) this.state.verdictFilter.add(verdict); else this.state.verdictFilter.delete(verdict);
+        this.drawRuns();
+      },
+      thresholdsChanged: (values) => {
+        this.state.thresholds = values;
+        this.refresh();
+      },
+      autoRefreshChanged: (enabled, intervalMs) => {
+        this.state.autoRefresh = enabled;
+        this.state.intervalMs = intervalMs;
+        this.schedule();
+      },
+      refreshNow: () => this.refresh(),
+      exportCsv: () => this.download('weightdiff-verdicts.csv', 'text/csv', toCsv(this.state.result || {runs: []})),
+      exportJson: () => this.download('weightdiff-verdicts.json', 'application/json', JSON.stringify(this.state.result || {runs: []}, null, 2)),
+    });
+    this.message = el('div', {class: 'message', role: 'status'});
+    this.runsBox = el('div', {class: 'runs'});
+    this.detailBox = el('div', {class: 'detail-box'});
+    root.replaceChildren(
+      el('header', {}, [el('h1', {text: 'Which layers learned?'}), this.bar]),
+      this.message, this.detailBox, this.runsBox);
+    this.timer = null;
   }
-  return response.json();
+
+  thresholdParameters() {
+    const parameters = {};
+    for (const [name, value] of Object.entries(this.state.thresholds)) {
+      if (value !== '') parameters[name] = value;
+    }
+    return parameters;
+  }
+
+  selectedRuns() {
+    const chosen = this.state.runs.filter((run) => !this.state.deselected.has(run));
+    // One call serves the whole logdir when nothing is deselected.
+    return chosen.length === this.state.runs.length ? [] : chosen;
+  }
+
+  async refresh() {
+    try {
+      const listing = await fetchJson('./runs');
+      this.state.runs = [...new Set(listing.runs.map((entry) => entry.run))].sort();
+      this.bar.updateRuns(this.state.runs, this.state.deselected);
+      if (!this.state.runs.length) {
+        this.state.result = {runs: []};
+        this.message.replaceChildren();
+        this.runsBox.replaceChildren(emptyState());
+        this.bar.updateTime(new Date());
+        return;
+      }
+      const chosen = this.selectedRuns();
+      if (this.state.runs.length && chosen.length === 0 && this.state.deselected.size >= this.state.runs.length) {
+        this.state.result = {runs: []};
+        this.runsBox.replaceChildren(el('p', {class: 'muted', text: 'No run selected.'}));
+        this.bar.updateTime(new Date());
+        return;
+      }
+      const result = await this.fetchVerdicts('./verdicts' + query({run: chosen, ...this.thresholdParameters()}));
+      if (result === undefined) return;  // a newer refresh is under way
+      this.state.result = result;
+      if (!Object.keys(this.state.thresholds).length && result.thresholds) this.bar.updateDefaults(result.thresholds);
+      this.message.replaceChildren();
+      this.drawRuns();
+      if (this.state.selected) await this.loadDetail(false);
+      this.bar.updateTime(new Date());
+    } catch (error) {
+      this.message.replaceChildren(el('p', {class: 'error', text: `Could not load verdicts: ${error.message}`}));
+      this.bar.updateTime(new Date(), error.message);
+    } finally {
+      this.schedule();
+    }
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    if (this.state.autoRefresh) this.timer = setTimeout(() => this.refresh(), this.state.intervalMs);
+  }
+
+  drawRuns() {
+    const result = this.state.result;
+    if (!result) return;
+    const view = {verdictFilter: this.state.verdictFilter, expanded: this.state.expanded, selected: this.state.selected};
+    const handlers = {
+      toggleLayer: (run, layer) => {
+        const key = `${run}\u0000${layer}`;
+        if (this.state.expanded.has(key)) this.state.expanded.delete(key); else this.state.expanded.add(key);
+        this.drawRuns();
+      },
+      openVariable: (run, tag) => {
+        this.state.selected = {run, tag};
+        this.state.detail = null;
+        this.drawRuns();
+        this.loadDetail(true);
+      },
+    };
+    this.runsBox.replaceChildren(...result.runs.map((run) => runSection(run, view, handlers)));
+  }
+
+  async loadDetail(scrollIntoView) {
+    const {run, tag} = this.state.selected;
+    let detail;
+    try {
+      detail = await this.fetchDetail('./variable' + query({run, tag, ...this.thresholdParameters()}));
+    } catch (error) {
+      this.detailBox.replaceChildren(el('p', {class: 'error', text: `Could not load ${tag}: ${error.message}`}));
+      return;
+    }
+    if (detail === undefined || !this.state.selected || this.state.selected.tag !== tag || this.state.selected.run !== run) return;
+    const previous = this.state.detail;
+    const last = detail.steps.length - 1;
+    let selection = {a: 0, b: Math.max(0, last), comparison: null};
+    if (previous && previous.run === run && previous.tag === tag && this.state.selection) {
+      // Keep the user's A; keep B on the newest step if it was there.
+      const old = this.state.selection;
+      const followB = old.b === previous.steps.length - 1;
+      selection = {a: Math.min(old.a, last), b: followB ? last : Math.min(old.b, last), comparison: old.comparison};
+    }
+    this.state.detail = detail;
+    this.select(selection.a, selection.b, selection.comparison);
+    if (scrollIntoView) this.detailBox.scrollIntoView({block: 'start'});
+  }
+
+  select(a, b, comparison = null) {
+    const detail = this.state.detail;
+    this.state.selection = {a, b, comparison};
+    const draw = () => this.detailBox.replaceChildren(detailPanel(detail, this.state.selection, {
+      select: (newA, newB) => this.select(newA, newB),
+      close: () => {
+        this.state.selected = null;
+        this.state.detail = null;
+        this.detailBox.replaceChildren();
+        this.drawRuns();
+      },
+    }));
+    // Redrawing replaces the sliders: keep keyboard focus on the one in use.
+    const focused = document.activeElement && this.detailBox.contains(document.activeElement) ? document.activeElement.name : null;
+    draw();
+    if (focused === 'a' || focused === 'b') {
+      const slider = this.detailBox.querySelector(`input[name="${focused}"]`);
+      if (slider) slider.focus();
+    }
+    if (!detail.steps.length || (comparison && comparison.a === detail.steps[a] && comparison.b === detail.steps[b])) return;
+    this.fetchComparison('./compare' + query({run: detail.run, tag: detail.tag, a: detail.steps[a], b: detail.steps[b]}))
+      .then((answer) => {
+        if (answer === undefined || this.state.detail !== detail) return;
+        const current = this.state.selection;
+        if (detail.steps[current.a] === answer.a && detail.steps[current.b] === answer.b) {
+          current.comparison = answer;
+          const text = this.detailBox.querySelector('.comparison');
+          if (text) text.textContent = `Wasserstein-1 between A and B: ${formatShift(answer)}`;
+        }
+      })
+      .catch(() => {});
+  }
+
+  download(filename, type, text) {
+    const link = el('a', {href: URL.createObjectURL(new Blob([text], {type})), download: filename});
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
 }
 
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
-
-function renderEmpty(root) {
-  root.appendChild(element('h2', 'No weight summaries yet'));
-  root.appendChild(element('p', 'Log them with the Keras callback:'));
-  root.appendChild(element('pre', [
-    'from tb_weightdiff.keras import WeightDiffCallback',
-    'model.fit(x, y, epochs=10,',
-    '          callbacks=[WeightDiffCallback("logs/run1")])',
-  ].join('\n')));
-}
-
-function renderRuns(root, data) {
-  const table = element('table');
-  const head = table.createTHead().insertRow();
-  for (const title of ['run', 'source', 'tensors', 'last step']) {
-    head.appendChild(element('th', title));
-  }
-  const body = table.createTBody();
-  for (const run of data.runs) {
-    const row = body.insertRow();
-    row.appendChild(element('td', run.run));
-    row.appendChild(element('td', run.source === 'tb_weightdiff' ? 'WeightDiffCallback' : 'histograms'));
-    row.appendChild(element('td', String(run.tags.length)));
-    row.appendChild(element('td', run.max_step === null ? '' : String(run.max_step)));
-  }
-  root.appendChild(table);
-}
-
-async function refresh(root) {
-  let data;
-  try {
-    data = await fetchSeries();
-  } catch (error) {
-    root.replaceChildren(element('p', `Could not load weight series: ${error.message}`, 'error'));
-    return;
-  }
-  root.replaceChildren();
-  if (data.runs.length === 0) {
-    renderEmpty(root);
-  } else {
-    renderRuns(root, data);
-  }
-  root.appendChild(element('p', `Last updated ${new Date().toLocaleTimeString()}`, 'updated'));
+function formatShift(answer) {
+  const number = (value) => (value === null || value === undefined ? '—' : Number(value.toPrecision(3)).toString());
+  return `${number(answer.w1)} (${number(answer.shift)} × A's std)`;
 }
 
 /** Entry point called by TensorBoard. */
 export async function render() {
-  const style = element('style', `
-    body { font-family: Roboto, sans-serif; margin: 16px; color: #212121; }
-    table { border-collapse: collapse; }
-    th, td { text-align: left; padding: 4px 12px; border-bottom: 1px solid #e0e0e0; }
-    pre { background: #f5f5f5; padding: 8px; }
-    .error { color: #b71c1c; }
-    .updated { color: #757575; font-size: 12px; }
-  `);
-  document.head.appendChild(style);
-  const root = element('div', undefined, 'weightdiff');
+  document.head.appendChild(el('link', {rel: 'stylesheet', href: './static/style.css'}));
+  const root = el('main', {class: 'weightdiff'});
   document.body.appendChild(root);
-  await refresh(root);
-  // TensorBoard's reload button does not reach this iframe.
-  setInterval(() => refresh(root), REFRESH_MS);
+  const tab = new WeightDiffTab(root);
+  await tab.refresh();
 }

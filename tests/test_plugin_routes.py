@@ -1,4 +1,4 @@
-"""The plugin's routes through werkzeug's test client over TensorBoardWSGI."""
+"""The plugin's routes through werkzeug's test client over TensorBoardWSGI, both loaders."""
 
 import json
 import os
@@ -13,30 +13,167 @@ from werkzeug import wrappers
 
 from tb_weightdiff import plugin as plugin_lib
 from tb_weightdiff import reader
-from tb_weightdiff import summary
-from conftest import write_events
+from conftest import requires_tf
+from logdirs import PLANTED
+from logdirs import write_planted_logdir
 
 PREFIX = "/data/plugin/tb_weightdiff"
 
 
+def _client(logdir, loader):
+    opened = reader.open_logdir(str(logdir), loader=loader)
+    handle = opened.__enter__()
+    context = base_plugin.TBContext(logdir=str(logdir), data_provider=handle.provider)
+    app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
+    return werkzeug_test.Client(app, wrappers.Response), opened
+
+
 @pytest.fixture
 def client(tmp_path, loader):
-    write_events(tmp_path / "run1", {step: [summary.weights_pb("dense/kernel", np.ones(3) * step)] for step in range(2)})
-    with reader.open_logdir(str(tmp_path), loader=loader) as opened:
-        context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=opened.provider)
-        app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
-        yield werkzeug_test.Client(app, wrappers.Response)
+    write_planted_logdir(tmp_path)
+    test_client, opened = _client(tmp_path, loader)
+    yield test_client
+    opened.__exit__(None, None, None)
 
 
-def test_index_module_and_series(client):
+def _json(response, status=200):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.headers["Content-Type"].startswith("application/json")
+    return json.loads(response.get_data())
+
+
+def test_index_module(client):
     response = client.get(PREFIX + "/index.js")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/javascript")
-    response = client.get(PREFIX + "/series")
-    assert response.status_code == 200
-    assert json.loads(response.get_data()) == {
-        "runs": [{"run": "run1", "source": "tb_weightdiff", "tags": ["dense/kernel"], "max_step": 1}]
+    assert b"export async function render" in response.get_data()
+    for module in ("dom.js", "model.js", "views.js", "charts.js", "style.css"):
+        assert client.get(PREFIX + "/static/" + module).status_code == 200, module
+
+
+def test_runs(client):
+    body = _json(client.get(PREFIX + "/runs"))
+    assert {(r["run"], r["source"]) for r in body["runs"]} == {
+        ("planted", "tb_weightdiff"),
+        ("keras_like/train", "histograms"),
     }
+
+
+def test_verdicts_of_the_whole_logdir(client):
+    body = _json(client.get(PREFIX + "/verdicts"))
+    assert set(body["thresholds"]) == {"min_relative_change", "min_shift", "min_ratio_to_median"}
+    runs = {run["run"]: run for run in body["runs"]}
+    planted = runs["planted"]
+    assert planted["source"] == "tb_weightdiff"
+    assert planted["steps"] == [0, 1, 2, 3, 4, 5]
+    assert planted["baseline_step"] == 0
+    assert {layer["name"]: layer["verdict"] for layer in planted["layers"]} == PLANTED
+    # Worst first.
+    assert [layer["verdict"] for layer in planted["layers"]] == ["diverged", "not_learning", "frozen", "learning"]
+    exploding = next(layer for layer in planted["layers"] if layer["name"] == "model/exploding")
+    assert exploding["diverged_step"] == 3
+    assert {v["name"] for v in exploding["variables"]} == {"kernel", "bias"}
+    keras_like = runs["keras_like/train"]
+    assert keras_like["source"] == "histograms"
+    assert {layer["name"]: layer["verdict"] for layer in keras_like["layers"]} == {
+        "sequential/dense": "learning",
+        "sequential/frozen": "frozen",
+    }
+    assert any("first logged step" in warning for warning in keras_like["warnings"])
+
+
+def test_verdicts_filtered_by_run_and_thresholds(client):
+    body = _json(client.get(PREFIX + "/verdicts?run=planted&min_relative_change=1e-9"))
+    assert [run["run"] for run in body["runs"]] == ["planted"]
+    assert body["thresholds"]["min_relative_change"] == 1e-9
+    verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
+    assert verdicts["model/slow"] == "not_learning"  # still far below the run's median
+    body = _json(client.get(PREFIX + "/verdicts?run=planted&min_relative_change=1e-9&min_ratio_to_median=0"))
+    verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
+    assert verdicts["model/slow"] == "learning"
+
+
+@pytest.mark.parametrize(
+    "query, status, message",
+    [
+        ("run=nope", 404, "no weight data for run 'nope'"),
+        ("min_shift=abc", 400, "min_shift must be a number"),
+        ("min_shift=-1", 400, "min_shift must be a finite number >= 0"),
+        ("min_shift=nan", 400, "min_shift"),
+        ("min_relative_change=1e999", 400, "min_relative_change"),
+        ("min_ratio_to_median=" + "9" * 5000, 400, "too long"),
+    ],
+)
+def test_verdicts_bad_requests(client, query, status, message):
+    response = client.get(PREFIX + "/verdicts?" + query)
+    assert response.status_code == status
+    assert message in response.get_data(as_text=True)
+
+
+def test_variable_detail_of_our_summaries(client):
+    body = _json(client.get(PREFIX + "/variable?run=planted&tag=model/dense/kernel"))
+    assert body["source"] == "tb_weightdiff"
+    assert body["steps"] == [0, 1, 2, 3, 4, 5]
+    assert len(body["histograms"]) == 6 and len(body["histograms"][0]) == 30
+    assert len(body["quantiles"]["values"]) == 6
+    assert len(body["quantiles"]["probabilities"]) == 65
+    assert len(body["stats"]["relative_change"]) == 6
+    assert body["scores"]["verdict"] == "learning"
+    assert body["scores"]["layer"] == "model/dense"
+    assert len(body["scores"]["per_step_shift"]) == 6
+    assert body["caveats"] == []
+
+
+def test_variable_detail_of_plain_histograms_names_what_they_cannot_tell(client):
+    body = _json(client.get(PREFIX + "/variable?run=keras_like/train&tag=sequential/frozen/kernel/histogram"))
+    assert body["source"] == "histograms"
+    assert body["quantiles"] is None and body["stats"] is None
+    assert body["scores"]["verdict"] == "frozen"
+    assert "no epoch-0 baseline" in body["caveats"][0]
+    assert "WeightDiffCallback" in body["caveats"][0]
+
+
+def test_variable_detail_with_nan_is_strict_json(client):
+    body = _json(client.get(PREFIX + "/variable?run=planted&tag=model/exploding/kernel"))
+    assert body["stats"]["nan_count"][3] == 1
+    assert body["scores"]["verdict"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    "query, status",
+    [
+        ("", 400),
+        ("run=planted", 400),
+        ("tag=model/dense/kernel", 400),
+        ("run=planted&tag=nope", 404),
+        ("run=nope&tag=model/dense/kernel", 404),
+    ],
+)
+def test_variable_bad_requests(client, query, status):
+    assert client.get(PREFIX + "/variable?" + query).status_code == status
+
+
+def test_compare_two_steps(client):
+    body = _json(client.get(PREFIX + "/compare?run=planted&tag=model/dense/kernel&a=0&b=5"))
+    assert (body["a"], body["b"]) == (0, 5)
+    assert body["w1"] > 0 and body["shift"] > 0
+    same = _json(client.get(PREFIX + "/compare?run=planted&tag=model/dense/kernel&a=2&b=2"))
+    assert same["w1"] == 0
+    frozen = _json(client.get(PREFIX + "/compare?run=keras_like/train&tag=sequential/frozen/kernel/histogram&a=0&b=4"))
+    assert frozen["w1"] == 0
+
+
+@pytest.mark.parametrize(
+    "query, status",
+    [
+        ("run=planted&tag=model/dense/kernel&a=x&b=1", 400),
+        ("run=planted&tag=model/dense/kernel&a=0", 400),
+        ("run=planted&tag=model/dense/kernel&a=0&b=99", 404),
+        ("run=planted&tag=nope&a=0&b=1", 404),
+    ],
+)
+def test_compare_bad_requests(client, query, status):
+    assert client.get(PREFIX + "/compare?" + query).status_code == status
 
 
 @pytest.mark.parametrize(
@@ -58,7 +195,7 @@ def test_index_module_and_series(client):
 def test_static_route_never_serves_outside_the_package(client, path):
     response = client.get(PREFIX + path)
     assert response.status_code in (400, 404), (path, response.status_code)
-    assert b"import" not in response.get_data()
+    assert b"import " not in response.get_data()
     assert b"root:" not in response.get_data()
 
 
@@ -74,3 +211,43 @@ def test_static_file_impl_refuses_symlinks_out_of_the_static_dir(tmp_path):
     for bad in ["link.js", "../secret.js", str(secret), "..\\secret.js", ""]:
         with pytest.raises(errors.NotFoundError):
             plugin_lib.static_file_impl(bad, static_dir=str(static))
+
+
+@requires_tf
+@pytest.mark.slow
+def test_verdicts_on_a_real_keras_training(tmp_path, loader):
+    """A Keras model with a frozen layer, logged by our callback and by Keras's own."""
+    import keras
+
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((256, 8)).astype(np.float32)
+    y = (x @ rng.standard_normal((8, 1))).astype(np.float32)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="frozen"),
+         keras.layers.Dense(8, activation="relu", name="hidden"), keras.layers.Dense(1, name="head")],
+        name="sequential",
+    )
+    model.get_layer("frozen").trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[
+        keras.callbacks.TensorBoard(str(tmp_path / "both"), histogram_freq=1), WeightDiffCallback(str(tmp_path / "both"))])
+    keras.utils.set_random_seed(3)
+    model2 = keras.models.clone_model(model)
+    model2.get_layer("frozen").trainable = False
+    model2.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model2.fit(x, y, epochs=4, verbose=0, callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "keras_only"), histogram_freq=1)])
+
+    test_client, opened = _client(tmp_path, loader)
+    try:
+        body = _json(test_client.get(PREFIX + "/verdicts"))
+    finally:
+        opened.__exit__(None, None, None)
+    runs = {run["run"]: run for run in body["runs"]}
+    assert runs["both/train"]["source"] == "tb_weightdiff"
+    assert runs["keras_only/train"]["source"] == "histograms"
+    for run in ("both/train", "keras_only/train"):
+        verdicts = {layer["name"]: layer["verdict"] for layer in runs[run]["layers"]}
+        assert verdicts == {"sequential/frozen": "frozen", "sequential/hidden": "learning", "sequential/head": "learning"}, run

@@ -1,0 +1,206 @@
+// DOM building for the tab: controls, run sections (table + heatmap), the
+// variable detail and the empty state. Views get data and callbacks; they
+// fetch nothing and keep no state of their own.
+
+import {el} from './dom.js';
+import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
+import {THRESHOLDS, VERDICTS, VERDICT_LABELS, formatNumber, visibleLayers} from './model.js';
+
+/** A coloured verdict badge. */
+export function badge(verdict) {
+  return el('span', {class: `badge badge-${verdict}`, text: VERDICT_LABELS[verdict] || verdict, dataset: {verdict}});
+}
+
+/**
+ * The control bar. Built once; `update*` functions refresh its changing parts.
+ * @param {Object} state
+ * @param {Object<string, function>} on handlers: runsChanged, filterChanged,
+ *   thresholdsChanged, autoRefreshChanged, refreshNow, exportCsv, exportJson
+ */
+export function controls(state, on) {
+  const runList = el('div', {class: 'run-list', role: 'group', 'aria-label': 'runs'});
+  const filter = el('div', {class: 'verdict-filter', role: 'group', 'aria-label': 'verdicts'},
+    VERDICTS.map((verdict) => el('label', {class: 'chip'}, [
+      el('input', {type: 'checkbox', name: 'verdict', value: verdict, checked: state.verdictFilter.has(verdict),
+        onchange: (event) => on.filterChanged(verdict, event.target.checked)}),
+      badge(verdict),
+    ])));
+  const thresholdInputs = THRESHOLDS.map((threshold) => el('label', {class: 'threshold', title: threshold.help}, [
+    `${threshold.label} `,
+    el('input', {type: 'number', min: '0', step: 'any', name: threshold.name, size: 8,
+      placeholder: 'default',
+      value: state.thresholds[threshold.name] || ''}),
+  ]));
+  const thresholdForm = el('form', {class: 'thresholds', onsubmit: (event) => {
+    event.preventDefault();
+    const values = {};
+    for (const input of thresholdForm.querySelectorAll('input')) values[input.name] = input.value.trim();
+    on.thresholdsChanged(values);
+  }}, [...thresholdInputs, el('button', {type: 'submit', text: 'Apply'}),
+    el('button', {type: 'button', text: 'Defaults', onclick: () => {
+      for (const input of thresholdForm.querySelectorAll('input')) input.value = '';
+      on.thresholdsChanged({});
+    }})]);
+  const updated = el('span', {class: 'updated', 'aria-live': 'polite'});
+  const interval = el('select', {name: 'interval', onchange: (event) => on.autoRefreshChanged(autoRefresh.checked, Number(event.target.value))},
+    [5, 15, 30, 60].map((seconds) => el('option', {value: String(seconds * 1000), text: `${seconds} s`, selected: seconds * 1000 === state.intervalMs})));
+  const autoRefresh = el('input', {type: 'checkbox', name: 'auto-refresh', checked: state.autoRefresh,
+    onchange: (event) => on.autoRefreshChanged(event.target.checked, Number(interval.value))});
+  const bar = el('div', {class: 'controls'}, [
+    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Runs'}), runList]),
+    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Verdicts'}), filter]),
+    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Thresholds'}), thresholdForm]),
+    el('div', {class: 'control-group'}, [
+      el('label', {}, [autoRefresh, ' auto-refresh every ']), interval,
+      el('button', {type: 'button', text: 'Refresh now', onclick: on.refreshNow}), updated,
+      el('button', {type: 'button', class: 'export-csv', text: 'Export CSV', onclick: on.exportCsv}),
+      el('button', {type: 'button', class: 'export-json', text: 'Export JSON', onclick: on.exportJson}),
+    ]),
+  ]);
+  bar.updateRuns = (runs, deselected) => {
+    runList.replaceChildren(...runs.map((run) => el('label', {class: 'chip'}, [
+      el('input', {type: 'checkbox', name: 'run', value: run, checked: !deselected.has(run),
+        onchange: (event) => on.runsChanged(run, event.target.checked)}),
+      ` ${run}`,
+    ])));
+  };
+  bar.updateDefaults = (thresholds) => {
+    for (const input of thresholdForm.querySelectorAll('input')) {
+      if (thresholds[input.name] !== undefined) input.placeholder = String(thresholds[input.name]);
+    }
+  };
+  bar.updateTime = (date, error) => {
+    updated.textContent = error ? `update failed: ${error}` : `last updated ${date.toLocaleTimeString()}`;
+    updated.classList.toggle('error', Boolean(error));
+  };
+  return bar;
+}
+
+function scoreCells(entry) {
+  const movementTitle = entry.movement_kind === 'relative_change' ? '||W - W0|| / ||W0||' : 'shift from the baseline, in baseline std';
+  return [
+    el('td', {class: 'number', title: movementTitle, text: formatNumber(entry.movement)}),
+    el('td', {class: 'number', text: formatNumber(entry.ratio_to_median)}),
+    el('td', {class: 'number', text: formatNumber(entry.shift)}),
+    el('td', {class: 'number', text: formatNumber(entry.cosine_distance)}),
+    el('td', {}, [sparkline(entry.per_step_shift || [])]),
+  ];
+}
+
+/**
+ * One run: its warnings, the layer table (rows expand to variables) and the heatmap.
+ * @param {Object} run a run of the /verdicts answer
+ * @param {Object} view {verdictFilter, expanded: Set, selected: ?{run, tag}}
+ * @param {Object<string, function>} on handlers: toggleLayer(run, layer), openVariable(run, tag)
+ */
+export function runSection(run, view, on) {
+  const layers = visibleLayers(run, view.verdictFilter);
+  const counts = VERDICTS.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${VERDICT_LABELS[v]}`);
+  const section = el('section', {class: 'run', dataset: {run: run.run}}, [
+    el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
+      el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'WeightDiffCallback summaries' : 'plain histograms'})]),
+    el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`}),
+    run.warnings.length ? el('ul', {class: 'warnings'}, run.warnings.map((warning) => el('li', {text: warning}))) : null,
+  ]);
+  const table = el('table', {class: 'layers'});
+  table.appendChild(el('thead', {}, [el('tr', {}, [
+    el('th', {text: 'layer / variable'}), el('th', {text: 'verdict'}),
+    el('th', {text: 'movement', title: 'relative change where WeightDiffCallback recorded a reference, else shift'}),
+    el('th', {text: '× run median'}), el('th', {text: 'shift'}), el('th', {text: 'cosine dist.'}),
+    el('th', {text: 'per-step shift'}), el('th', {text: 'why'}),
+  ])]));
+  const body = el('tbody');
+  for (const layer of layers) {
+    const key = `${run.run}\u0000${layer.name}`;
+    const open = view.expanded.has(key);
+    body.appendChild(el('tr', {class: 'layer-row', dataset: {layer: layer.name, verdict: layer.verdict},
+      onclick: () => on.toggleLayer(run.run, layer.name)}, [
+      el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
+      el('td', {}, [badge(layer.verdict)]), ...scoreCells(layer), el('td', {class: 'reason', text: layer.reason}),
+    ]));
+    if (!open) continue;
+    for (const variable of layer.variables) {
+      const selected = view.selected && view.selected.run === run.run && view.selected.tag === variable.tag;
+      body.appendChild(el('tr', {class: `variable-row${selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
+        title: 'show this variable', onclick: () => on.openVariable(run.run, variable.tag)}, [
+        el('td', {class: 'name variable-name', text: variable.name + (variable.trainable === false ? ' (not trainable)' : '')}),
+        el('td', {}, [badge(variable.verdict)]), ...scoreCells(variable), el('td', {class: 'reason', text: variable.reason}),
+      ]));
+    }
+  }
+  if (!layers.length) {
+    body.appendChild(el('tr', {}, [el('td', {colspan: 8, class: 'muted', text: 'No layer passes the verdict filter.'})]));
+  }
+  table.appendChild(body);
+  section.appendChild(table);
+  if (layers.length && run.steps.length > 1) {
+    const readout = el('div', {class: 'heatmap-readout', text: 'Hover a cell for its value.'});
+    const map = heatmap(run, layers, (layer, step, value) => {
+      readout.textContent = `${layer}, step ${step}: per-step shift ${formatNumber(value)}`;
+    });
+    section.appendChild(el('h3', {text: 'Per-step shift, layers × steps'}));
+    section.appendChild(el('div', {class: 'heatmap-box'}, [map]));
+    section.appendChild(heatmapLegend(map.scale));
+    section.appendChild(readout);
+  }
+  return section;
+}
+
+/**
+ * The detail of one variable: A/B overlay with sliders, ridgeline, scores over steps.
+ * @param {Object} detail the /variable answer
+ * @param {{a: number, b: number, comparison: ?Object}} selection indices into detail.steps
+ * @param {Object<string, function>} on handlers: select(a, b), close()
+ */
+export function detailPanel(detail, selection, on) {
+  const steps = detail.steps;
+  const scores = detail.scores || {};
+  const slider = (name, index) => el('input', {type: 'range', min: '0', max: String(steps.length - 1), step: '1', value: String(index), name,
+    'aria-label': `step ${name.toUpperCase()}`,
+    oninput: (event) => {
+      const value = Number(event.target.value);
+      on.select(name === 'a' ? value : selection.a, name === 'b' ? value : selection.b);
+    }});
+  const comparison = selection.comparison;
+  const panel = el('section', {class: 'detail', dataset: {run: detail.run, tag: detail.tag}}, [
+    el('div', {class: 'detail-head'}, [
+      el('h2', {}, [el('span', {text: detail.tag}), el('span', {class: 'muted', text: `  in run ${detail.run}`})]),
+      el('button', {type: 'button', class: 'close', text: 'Close', onclick: on.close}),
+    ]),
+    el('p', {}, [scores.verdict ? badge(scores.verdict) : null, ' ', scores.reason || '']),
+    ...detail.caveats.map((caveat) => el('p', {class: 'caveat', text: caveat})),
+    el('div', {class: 'sliders'}, [
+      el('label', {class: 'slider-a'}, ['A ', slider('a', selection.a), el('span', {class: 'step-a', text: ` step ${steps[selection.a]}`})]),
+      el('label', {class: 'slider-b'}, ['B ', slider('b', selection.b), el('span', {class: 'step-b', text: ` step ${steps[selection.b]}`})]),
+    ]),
+    el('p', {class: 'comparison', text: comparison && comparison.a === steps[selection.a] && comparison.b === steps[selection.b] ?
+      `Wasserstein-1 between A and B: ${formatNumber(comparison.w1)} (${formatNumber(comparison.shift)} × A's std)` : 'Wasserstein-1 between A and B: …'}),
+    el('div', {class: 'detail-charts'}, [
+      el('div', {}, [el('h3', {text: 'Histograms at A and B'}), overlay(detail.histograms[selection.a], detail.histograms[selection.b], {stepA: steps[selection.a], stepB: steps[selection.b]})]),
+      el('div', {}, [el('h3', {text: 'All logged steps'}), ridgeline(steps, detail.histograms, {stepA: steps[selection.a], stepB: steps[selection.b]})]),
+    ]),
+    el('h3', {text: 'Scores over steps'}),
+    el('div', {class: 'score-charts'}, [
+      scoreChart('shift from the baseline (std)', steps, scores.shift_from_baseline || []),
+      scoreChart('per-step shift (std)', steps, scores.per_step_shift || []),
+      detail.source === 'tb_weightdiff' ? scoreChart('relative change ||W-W0||/||W0||', steps, scores.relative_change_by_step || []) : null,
+      detail.source === 'tb_weightdiff' ? scoreChart('cosine distance 1-cos(W,W0)', steps, scores.cosine_distance_by_step || []) : null,
+    ]),
+  ]);
+  return panel;
+}
+
+/** Shown when no run holds weight data: the lines of code that produce it. */
+export function emptyState() {
+  return el('section', {class: 'empty'}, [
+    el('h2', {text: 'No weight data yet'}),
+    el('p', {text: 'The Weight Diff tab reads weight summaries and weight histograms. Produce them with one of:'}),
+    el('h3', {text: 'Keras'}),
+    el('pre', {text: 'from tb_weightdiff.keras import WeightDiffCallback\nmodel.fit(x, y, epochs=10, callbacks=[WeightDiffCallback("logs/run1")])'}),
+    el('h3', {text: 'A custom TensorFlow loop'}),
+    el('pre', {text: 'import tb_weightdiff.summary as wd\nwith tf.summary.create_file_writer("logs/run1").as_default():\n    wd.weights("encoder/dense/kernel", kernel, step=epoch, reference=initial_kernel)'}),
+    el('h3', {text: 'Without TensorFlow (PyTorch, JAX, numpy)'}),
+    el('pre', {text: 'from tb_weightdiff.summary import weights_pb\nwriter.add_event(Event(step=epoch, summary=weights_pb("fc1/weight", w, reference=w0)))'}),
+    el('p', {text: 'Existing keras.callbacks.TensorBoard(histogram_freq=1) logs work too. This page refreshes by itself.'}),
+  ]);
+}

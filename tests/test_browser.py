@@ -1,0 +1,164 @@
+"""The Weight Diff tab in headless Chromium (Playwright) against a real TensorBoard.
+
+Screenshots land in artifacts/ (or $TBWD_ARTIFACTS).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from tb_weightdiff import summary
+from conftest import ARTIFACTS
+from conftest import plugin_frame
+from conftest import write_events
+from logdirs import append_step
+from logdirs import write_planted_logdir
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _screenshot(page, name):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
+@pytest.fixture
+def planted(tmp_path):
+    logdir = tmp_path / "logs"
+    series = write_planted_logdir(logdir)
+    # Names from logs are data: a run and a tag that look like markup.
+    write_events(logdir / ("run" + HOSTILE), {step: [summary.weights_pb(HOSTILE + "/kernel", np.arange(6.0) * (step + 1))] for step in range(3)})
+    return logdir, series
+
+
+def _serve(logdir, tensorboard_process):
+    server = tensorboard_process(logdir)
+    server.wait_for(lambda j: len(j["runs"]) == 3, "/data/plugin/tb_weightdiff/runs")
+    return server
+
+
+def _open_tab(page, server, dialogs):
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(server.url + "/#tb_weightdiff")
+    frame = plugin_frame(page)
+    frame.wait_for_selector("section.run table.layers tr.layer-row")
+    return frame
+
+
+def test_table_heatmap_overlay_slider_and_export(planted, tensorboard_process, page):
+    server = _serve(planted[0], tensorboard_process)
+    dialogs = []
+    frame = _open_tab(page, server, dialogs)
+
+    # The planted frozen layer is flagged, worst verdicts first.
+    planted_run = frame.locator('section.run[data-run="planted"]')
+    rows = planted_run.locator("tr.layer-row")
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.verdict)") == ["diverged", "not_learning", "frozen", "learning"]
+    frozen = planted_run.locator('tr.layer-row[data-layer="model/frozen"]')
+    assert frozen.locator(".badge").inner_text() == "frozen"
+    assert "bit-identical" in frozen.inner_text()
+
+    # The heatmap: one cell per layer and step after the baseline, with a legend and hover values.
+    cells = planted_run.locator("svg.heatmap rect.heatmap-cell")
+    assert cells.count() == 4 * 5
+    assert planted_run.locator("svg.legend").count() == 1
+    cells.nth(0).hover()
+    assert "per-step shift" in planted_run.locator(".heatmap-readout").inner_text()
+    _screenshot(page, "tab-table-heatmap.png")
+
+    # Expand a layer, open a variable: the A/B overlay defaults to baseline vs last.
+    planted_run.locator('tr.layer-row[data-layer="model/dense"]').click()
+    planted_run.locator('tr.variable-row[data-tag="model/dense/kernel"]').click()
+    overlay = frame.locator("section.detail svg.overlay")
+    overlay.wait_for()
+    assert (overlay.get_attribute("data-step-a"), overlay.get_attribute("data-step-b")) == ("0", "5")
+    assert frame.locator("section.detail svg.ridgeline path.ridge").count() == 6
+    assert frame.locator("section.detail svg.overlay rect.difference-bar").count() > 0
+    frame.locator("section.detail .comparison").filter(has_text="×").wait_for()
+    before = frame.locator("section.detail svg.overlay path.density-A").get_attribute("d")
+    comparison_before = frame.locator("section.detail .comparison").inner_text()
+
+    # Moving slider A changes the overlay (and the A/B distance).
+    slider = frame.locator('section.detail input[name="a"]')
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    overlay = frame.locator("section.detail svg.overlay")
+    assert overlay.get_attribute("data-step-a") == "2"
+    assert frame.locator("section.detail svg.overlay path.density-A").get_attribute("d") != before
+    frame.wait_for_function(
+        "before => document.querySelector('section.detail .comparison').textContent !== before "
+        "&& document.querySelector('section.detail .comparison').textContent.includes('×')",
+        arg=comparison_before,
+    )
+    assert frame.locator('section.detail .step-a').inner_text().strip() == "step 2"
+    _screenshot(page, "tab-detail.png")
+
+    # Export the verdict table.
+    with page.expect_download() as download_info:
+        frame.locator("button.export-csv").click()
+    csv_text = open(download_info.value.path(), encoding="utf-8").read()
+    assert csv_text.startswith("run,source,layer,layer_verdict,variable,tag,verdict")
+    assert "planted,tb_weightdiff,model/frozen,frozen,kernel,model/frozen/kernel,frozen" in csv_text
+    with page.expect_download() as download_info:
+        frame.locator("button.export-json").click()
+    assert '"runs"' in open(download_info.value.path(), encoding="utf-8").read()
+
+    # Names from logs are text, never markup.
+    hostile = frame.locator("section.run").filter(has_text="run" + HOSTILE)
+    assert hostile.locator(".run-name").inner_text() == "run" + HOSTILE
+    assert hostile.locator("tr.layer-row").inner_text().startswith("▸ " + HOSTILE)
+    assert frame.locator("img").count() == 0
+    assert dialogs == []
+    assert page.errors == []
+
+
+def test_verdict_filter_and_thresholds(planted, tensorboard_process, page):
+    server = _serve(planted[0], tensorboard_process)
+    frame = _open_tab(page, server, [])
+    planted_run = frame.locator('section.run[data-run="planted"]')
+    frame.locator('.verdict-filter input[value="learning"]').uncheck()
+    assert "learning" not in planted_run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.verdict)")
+    frame.locator('.verdict-filter input[value="learning"]').check()
+    # Lowering the floors turns the barely moving layer into a learning one.
+    frame.locator('input[name="min_relative_change"]').fill("1e-12")
+    frame.locator('input[name="min_ratio_to_median"]').fill("0")
+    frame.locator(".thresholds button[type=submit]").click()
+    frame.locator('section.run[data-run="planted"] tr.layer-row[data-layer="model/slow"][data-verdict="learning"]').wait_for()
+    # Bad input gets the server's message, not a broken page.
+    frame.locator('input[name="min_shift"]').evaluate("input => { input.type = 'text'; input.value = 'oops'; }")
+    frame.locator(".thresholds button[type=submit]").click()
+    frame.locator(".message .error").filter(has_text="min_shift").wait_for()
+    assert page.errors == []
+
+
+def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
+    logdir, series = planted
+    server = _serve(logdir, tensorboard_process)
+    frame = _open_tab(page, server, [])
+    frame.locator('select[name="interval"]').select_option(str(5000))
+    summary_line = frame.locator('section.run[data-run="planted"] .run-summary')
+    assert summary_line.inner_text().startswith("6 logged steps")
+    append_step(logdir, series, 6)
+    summary_line.filter(has_text="7 logged steps").wait_for(timeout=40000)
+    assert frame.locator('section.run[data-run="planted"] svg.heatmap rect.heatmap-cell').count() == 4 * 6
+    assert "last updated" in frame.locator(".updated").inner_text()
+    assert page.errors == []
+
+
+def test_empty_state_shows_the_code_that_produces_data(tmp_path, tensorboard_process, page):
+    logdir = tmp_path / "empty"
+    logdir.mkdir()
+    server = tensorboard_process(logdir)
+    page.goto(server.url + "/#tb_weightdiff")
+    frame = plugin_frame(page)
+    frame.locator("section.empty").wait_for()
+    text = frame.locator("section.empty").inner_text()
+    assert "WeightDiffCallback" in text and "weights_pb" in text and "wd.weights(" in text
+    _screenshot(page, "tab-empty.png")
+    assert page.errors == []
