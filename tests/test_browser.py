@@ -162,3 +162,19 @@ def test_empty_state_shows_the_code_that_produces_data(tmp_path, tensorboard_pro
     assert "WeightDiffCallback" in text and "weights_pb" in text and "wd.weights(" in text
     _screenshot(page, "tab-empty.png")
     assert page.errors == []
+
+
+def test_readme_screenshot_script_runs(planted, tmp_path):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "screenshots.py")
+    out = tmp_path / "images"
+    result = subprocess.run(
+        [sys.executable, script, "--logdir", str(planted[0]), "--out", str(out), "--run", "planted"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("tab-verdicts.png", "tab-detail.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10000, name

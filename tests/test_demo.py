@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tb_weightdiff import analysis
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
 from conftest import requires_tf
@@ -18,7 +19,7 @@ DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
     logdir = tmp_path / "cifar10"
     result = subprocess.run(
-        [sys.executable, DEMO, "--synthetic", "--samples", "300", "--epochs", "2", "--logdir", str(logdir)],
+        [sys.executable, DEMO, "--synthetic", "--samples", "600", "--epochs", "2", "--logdir", str(logdir)],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
@@ -37,3 +38,20 @@ def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
     assert [s.stat("trainable") for s in frozen.summaries] == [0.0, 0.0, 0.0]
     healthy = by_key[("healthy/train", "sequential/conv2d_1/kernel")]
     assert healthy.summaries[-1].stat("relative_change") > 1e-3
+
+    # The analysis flags the planted layer in the fault run, and nothing in the healthy run.
+    with reader.open_logdir(str(logdir), loader="rust") as opened:
+        result = analysis.analyze_logdir(opened)
+    verdicts = {run["run"]: {layer["name"]: layer["verdict"] for layer in run["layers"]} for run in result["runs"]}
+    assert verdicts["frozen_conv2d_1/train"] == {
+        "sequential/conv2d": "learning",
+        "sequential/conv2d_1": "frozen",
+        "sequential/dense": "learning",
+        "sequential/dense_1": "learning",
+    }
+    assert set(verdicts["healthy/train"].values()) == {"learning"}
+    # The demo ends with the CLI's verdict table, then the command that opens the tab.
+    printed = result.stdout
+    table = printed[printed.index("== verdicts"):printed.index("Now run:")]
+    assert "frozen_conv2d_1/train" in table and "healthy/train" in table
+    assert "sequential/conv2d_1" in table and "frozen" in table

@@ -46,3 +46,23 @@ def test_tab_is_active_with_only_keras_histograms(tmp_path, tensorboard_process)
     server = tensorboard_process(logdir)
     listing = server.wait_for(lambda j: "tb_weightdiff" in j, "/data/plugins_listing")
     assert listing["tb_weightdiff"]["enabled"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_fast", ["true", "false"])
+def test_readme_retention_flag_keeps_every_step(tmp_path, tensorboard_process, load_fast):
+    import re
+
+    import numpy as np
+
+    from tb_weightdiff import summary
+    from conftest import write_events
+
+    readme = open(__import__("os").path.join(__import__("os").path.dirname(__file__), "..", "README.md")).read()
+    flag = re.search(r"tensorboard --logdir logs (--samples_per_plugin \S+)", readme).group(1).split(" ")
+    logdir = tmp_path / "logs"
+    data = np.arange(8.0)
+    write_events(logdir / "long", {step: [summary.weights_pb("w", data * step)] for step in range(120)})
+    server = tensorboard_process(logdir, load_fast=load_fast, extra_args=flag)
+    verdicts = server.wait_for(lambda j: len(j["runs"]) == 1 and len(j["runs"][0]["steps"]) == 120, "/data/plugin/tb_weightdiff/verdicts")
+    assert verdicts["runs"][0]["steps"] == list(range(120))
