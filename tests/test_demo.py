@@ -41,8 +41,8 @@ def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
 
     # The analysis flags the planted layer in the fault run, and nothing in the healthy run.
     with reader.open_logdir(str(logdir), loader="rust") as opened:
-        result = analysis.analyze_logdir(opened)
-    verdicts = {run["run"]: {layer["name"]: layer["verdict"] for layer in run["layers"]} for run in result["runs"]}
+        judged = analysis.analyze_logdir(opened)
+    verdicts = {run["run"]: {layer["name"]: layer["verdict"] for layer in run["layers"]} for run in judged["runs"]}
     assert verdicts["frozen_conv2d_1/train"] == {
         "sequential/conv2d": "learning",
         "sequential/conv2d_1": "frozen",
