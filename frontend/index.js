@@ -130,7 +130,13 @@ class WeightDiffTab {
         this.loadDetail(true);
       },
     };
-    this.runsBox.replaceChildren(...result.runs.map((run) => runSection(run, view, handlers)));
+    const sections = result.runs.map((run) => runSection(run, view, handlers));
+    const others = result.runs_without_weights || [];
+    if (others.length) {
+      sections.push(el('p', {class: 'other-runs muted',
+        text: `Not judged, no weight data read: ${others.join(', ')} (scalars only, or event files TensorBoard could not parse).`}));
+    }
+    this.runsBox.replaceChildren(...sections);
   }
 
   async loadDetail(scrollIntoView) {

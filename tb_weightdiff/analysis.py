@@ -1025,7 +1025,8 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
         by_run.setdefault(series.run, {}).setdefault(series.source, []).append(series)
     extra = {}
     for run, tag, message in skipped:
-        extra.setdefault(run, []).append("%s: skipped: %s" % (tag, message))
+        # The reader's messages say what happened ("skipped: ...", "steps went back ...").
+        extra.setdefault(run, []).append("%s: %s" % (tag, message))
         by_run.setdefault(run, {})
     results = []
     for run in sorted(by_run):

@@ -9,9 +9,12 @@ TensorBoard answers with 400 / 404 and the message. `http_api.md` documents
 the routes with example JSON.
 """
 
+import collections
+import functools
 import json
 import mimetypes
 import os
+import threading
 
 from tensorboard import errors
 from tensorboard import plugin_util
@@ -103,15 +106,43 @@ def _runs_from_args(args):
     return runs
 
 
+def _validate_verdicts(args):
+    thresholds_from_args(args)
+    _runs_from_args(args)
+
+
+def _validate_variable(args):
+    _parameter(args, "run")
+    _parameter(args, "tag")
+    thresholds_from_args(args)
+
+
+def _validate_compare(args):
+    _parameter(args, "run")
+    _parameter(args, "tag")
+    _step_parameter(args, "a")
+    _step_parameter(args, "b")
+
+
 def verdicts_impl(logdir, args):
     """Every run's verdicts: the JSON contract of `analysis.analyze_logdir`."""
     thresholds = thresholds_from_args(args)
+    runs = _runs_from_args(args)
     try:
-        return analysis.analyze_logdir(logdir, runs=_runs_from_args(args), thresholds=thresholds)
+        result = analysis.analyze_logdir(logdir, runs=runs, thresholds=thresholds)
     except analysis.UnknownRunError as error:
         raise errors.NotFoundError(str(error)) from None
     except analysis.AnalysisError as error:
         raise errors.InvalidArgumentError(str(error)) from None
+    if runs is None:
+        # Runs TensorBoard lists but nothing was read from: scalars only (Keras's
+        # "validation"), or event files the loaders could not parse.
+        judged = {run["run"] for run in result["runs"]}
+        listed = logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id)
+        result["runs_without_weights"] = sorted(
+            {run.run_name for run in listed} - judged
+        )
+    return result
 
 
 def _find_series(logdir, run, tag):
@@ -121,7 +152,7 @@ def _find_series(logdir, run, tag):
             logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
         )
         if tag in listing.get(run, {}):
-            found, skipped = reader.read_series(logdir, plugin_name=plugin_name, runs=[run])
+            found, skipped = reader.read_series(logdir, plugin_name=plugin_name, runs=[run], tags=[tag])
             for series in found:
                 if series.tag == tag:
                     return series
@@ -142,22 +173,29 @@ def _caveats(source):
     ]
 
 
-def variable_impl(logdir, args):
+def judge_run(logdir, run, thresholds):
+    """One run's entry of `analysis.analyze_logdir` (with no weight data: an empty one)."""
+    try:
+        result = analysis.analyze_logdir(logdir, runs=[run], thresholds=thresholds)
+    except analysis.AnalysisError as error:
+        raise errors.NotFoundError(str(error)) from None
+    return result["runs"][0] if result["runs"] else {"warnings": [], "layers": []}
+
+
+def variable_impl(logdir, args, judge=judge_run):
     """One variable's detail: per-step histograms (and quantiles, stats) plus its scores.
 
     Enough to draw an A/B overlay, a ridgeline and the scores over steps.
+    `judge(logdir, run, thresholds)` gives the run's verdicts (the plugin
+    passes a cached one: every variable of a run shares them).
     """
     run = _parameter(args, "run")
     tag = _parameter(args, "tag")
     thresholds = thresholds_from_args(args)
     series = _find_series(logdir, run, tag)
     # The verdict depends on the run's other layers (the median), so judge the run.
-    try:
-        result = analysis.analyze_logdir(logdir, runs=[run], thresholds=thresholds)
-    except analysis.AnalysisError as error:
-        raise errors.NotFoundError(str(error)) from None
     judged = None
-    run_entry = result["runs"][0] if result["runs"] else {"warnings": [], "layers": []}
+    run_entry = judge(logdir, run, thresholds)
     for layer in run_entry["layers"]:
         for variable in layer["variables"]:
             if variable["tag"] == tag:
@@ -243,6 +281,70 @@ def runs_impl(logdir):
     return {"runs": runs}
 
 
+def data_version(logdir):
+    """What TensorBoard holds, in brief: every weight series' run, tag, last step
+    and last wall time, and the runs it lists. Equal versions mean equal answers."""
+    version = []
+    for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME):
+        listing = logdir.provider.list_tensors(
+            logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
+        )
+        for run in sorted(listing):
+            for tag in sorted(listing[run]):
+                series = listing[run][tag]
+                version.append((plugin_name, run, tag, series.max_step, series.max_wall_time))
+    runs = logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id)
+    version.append(tuple(sorted(run.run_name for run in runs)))
+    return tuple(version)
+
+
+class AnswerCache:
+    """An LRU of route answers (JSON bytes, 64 MB at most), each valid for one data version.
+
+    Concurrent requests for the same key wait for one computation instead of
+    each judging the logdir (the tab of every open browser polls the same
+    routes). Errors are not cached: they propagate to every waiter's own call.
+    """
+
+    def __init__(self, max_bytes=64 << 20):
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks = {}
+
+    def get(self, key, version, compute):
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None and hit[0] == version:
+                    self._entries.move_to_end(key)
+                    return hit[1]
+            try:
+                value = compute()
+            except BaseException:
+                with self._lock:
+                    if key not in self._entries:  # no lock per failed request kept
+                        self._key_locks.pop(key, None)
+                raise
+            with self._lock:
+                previous = self._entries.pop(key, None)
+                if previous is not None:
+                    self._bytes -= len(previous[1])
+                self._entries[key] = (version, value)
+                self._bytes += len(value)
+                while self._bytes > self._max_bytes and len(self._entries) > 1:
+                    evicted, (_, evicted_value) = self._entries.popitem(last=False)
+                    self._bytes -= len(evicted_value)
+                    self._key_locks.pop(evicted, None)
+            return value
+
+    def __len__(self):
+        return len(self._entries)
+
+
 class WeightDiffPlugin(base_plugin.TBPlugin):
     """Serves the Weight Diff tab."""
 
@@ -250,15 +352,22 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context):
         self._data_provider = context.data_provider
+        self._cache = AnswerCache()
 
     def get_plugin_apps(self):
         return {
             "/index.js": self._serve_index,
             "/static/*": self._serve_static,
             "/runs": self._json_route(lambda logdir, args: runs_impl(logdir)),
-            "/verdicts": self._json_route(verdicts_impl),
-            "/variable": self._json_route(variable_impl),
-            "/compare": self._json_route(compare_impl),
+            "/verdicts": self._json_route(verdicts_impl, _validate_verdicts),
+            "/variable": self._json_route(
+                lambda logdir, args, version: variable_impl(
+                    logdir, args, judge=functools.partial(self._judge_run_cached, version=version)
+                ),
+                _validate_variable,
+                needs_version=True,
+            ),
+            "/compare": self._json_route(compare_impl, _validate_compare),
         }
 
     def is_active(self):
@@ -280,15 +389,32 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             ctx=plugin_util.context(request.environ),
         )
 
-    def _json_route(self, impl):
+    def _json_route(self, impl, validate=None, needs_version=False):
         @wrappers.Request.application
         def route(request):
-            body = impl(self._logdir(request), request.args)
-            return http_util.Respond(
-                request, json.dumps(body, allow_nan=False), "application/json"
-            )
+            if validate is not None:
+                validate(request.args)  # a malformed request costs no data access
+            logdir = self._logdir(request)
+            # Same question, same data: the same answer. The tab polls, and
+            # judging a large logdir takes a second; TensorBoard's listing of
+            # what it holds (runs, tags, last steps) takes milliseconds.
+            key = (request.path, logdir.experiment_id, tuple(sorted(request.args.items(multi=True))))
+            version = data_version(logdir)
+
+            def compute():
+                body = impl(logdir, request.args, version) if needs_version else impl(logdir, request.args)
+                return json.dumps(body, allow_nan=False).encode("utf-8")
+
+            return http_util.Respond(request, self._cache.get(key, version, compute), "application/json")
 
         return route
+
+    def _judge_run_cached(self, logdir, run, thresholds, version):
+        key = ("judged run", logdir.experiment_id, run, tuple(sorted(thresholds.to_json().items())))
+        encoded = self._cache.get(
+            key, version, lambda: json.dumps(judge_run(logdir, run, thresholds), allow_nan=False).encode("utf-8")
+        )
+        return json.loads(encoded)
 
     @wrappers.Request.application
     def _serve_index(self, request):

@@ -9,6 +9,7 @@ judges the whole history, not TensorBoard's default 10 or 100 samples.
 Nothing here imports TensorFlow.
 """
 
+import bisect
 import contextlib
 import dataclasses
 import logging
@@ -204,7 +205,31 @@ def _decode_tensor_series(plugin_name, datum_list):
     return steps, summaries
 
 
-def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None):
+def drop_orphaned_steps(steps, summaries):
+    """Applies a restarted job's steps the way TensorBoard's data server does.
+
+    When a job restarts (from scratch or from a checkpoint) it logs steps it
+    had logged before. TensorBoard's Rust data server then drops the earlier
+    values from that step on; its Python loader hands every value over in file
+    order. This makes both views the Rust one.
+
+    Returns:
+      `(steps, summaries, restarts)`: steps strictly increasing, and
+      `[(from_step, to_step)]` for every place where the steps went back.
+    """
+    kept_steps, kept, restarts = [], [], []
+    for step, summary in zip(steps, summaries):
+        if kept_steps and step <= kept_steps[-1]:
+            restarts.append((kept_steps[-1], step))
+            cut = bisect.bisect_left(kept_steps, step)
+            del kept_steps[cut:]
+            del kept[cut:]
+        kept_steps.append(step)
+        kept.append(summary)
+    return kept_steps, kept, restarts
+
+
+def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):
     """Reads every weight series of one plugin, decoded.
 
     Args:
@@ -212,29 +237,35 @@ def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None):
         `ctx` and `experiment_id` (the plugin builds one around TensorBoard's).
       plugin_name: `metadata.PLUGIN_NAME` or `metadata.HISTOGRAM_PLUGIN_NAME`.
       runs: optional iterable of run names to keep.
+      tags: optional iterable of tags to keep (one variable's detail reads only it).
 
     Returns:
-      `(series, warnings)`: a list of `Series` sorted by run and tag, and a
-      list of `(run, tag, message)` for series that were skipped (unknown
-      format version, malformed tensor).
+      `(series, warnings)`: a list of `Series` sorted by run and tag (steps
+      strictly increasing, see `drop_orphaned_steps`), and a list of
+      `(run, tag, message)`: series that were skipped (unknown format version,
+      malformed tensor; the message starts with "skipped:") and one note per
+      run whose steps went back.
     """
     provider, ctx, experiment_id = logdir.provider, logdir.ctx, logdir.experiment_id
     listing = provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=plugin_name)
     warnings = []
     wanted = {}
-    for run, tags in listing.items():
+    for run, run_tags in listing.items():
         if runs is not None and run not in runs:
             continue
-        for tag, time_series in tags.items():
+        for tag, time_series in run_tags.items():
+            if tags is not None and tag not in tags:
+                continue
             if plugin_name == metadata.PLUGIN_NAME:
                 try:
                     metadata.parse_plugin_metadata(time_series.plugin_content)
                 except ValueError as error:
-                    warnings.append((run, tag, str(error)))
+                    warnings.append((run, tag, "skipped: %s" % error))
                     logger.warning("Skipping %s/%s: %s", run, tag, error)
                     continue
             wanted.setdefault(run, []).append(tag)
     series = []
+    restarted = {}
     if not wanted:
         return series, warnings
     from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
@@ -255,9 +286,29 @@ def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None):
             try:
                 steps, summaries = _decode_tensor_series(plugin_name, data[run][tag])
             except ValueError as error:
-                warnings.append((run, tag, str(error)))
+                warnings.append((run, tag, "skipped: %s" % error))
                 logger.warning("Skipping %s/%s: %s", run, tag, error)
                 continue
+            steps, summaries, restarts = drop_orphaned_steps(steps, summaries)
+            if restarts:
+                restarted.setdefault(run, []).append((tag, restarts))
             series.append(Series(run, tag, plugin_name, steps, summaries))
+    for run, affected in restarted.items():
+        tag, restarts = affected[0]
+        others = len(affected) - 1
+        warnings.append(
+            (
+                run,
+                tag,
+                "steps went back from %d to %d (a restarted job?)%s; the values logged "
+                "before the restart from that step on were dropped, as TensorBoard's "
+                "data server does"
+                % (
+                    restarts[0][0],
+                    restarts[0][1],
+                    " in this and %d other series" % others if others else "",
+                ),
+            )
+        )
     return series, warnings
 

@@ -82,3 +82,68 @@ def append_step(logdir, series, step):
         value = values[-1] if "frozen" in tag else values[-1] * np.float32(1.01)
         events.append(summary.weights_pb(tag, value, reference=values[0], trainable=True))
     write_events(logdir / "planted", {step: events}, suffix=".step%d" % step)
+
+
+def write_corrupted_logdir(logdir, seed=0):
+    """A logdir of what crashing and restarted jobs leave behind, beside one good run.
+
+    Returns `{run: what is wrong with it}`.
+    """
+    import glob
+    import os
+
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.util import tensor_util
+
+    from tb_weightdiff import metadata
+
+    rng = np.random.default_rng(seed)
+
+    def moving(run, steps, scale=0.1, suffix=""):
+        w0 = rng.standard_normal(50)
+        write_events(
+            logdir / run,
+            {s: [summary.weights_pb("m/dense/kernel", w0 * (1 + scale * s), reference=w0)] for s in steps},
+            suffix=suffix,
+        )
+
+    def raw(tag, tensor):
+        value = summary_pb2.Summary()
+        value.value.add(tag=tag, metadata=metadata.create_summary_metadata(), tensor=tensor_util.make_tensor_proto(tensor))
+        return value
+
+    moving("good", range(4))
+    moving("truncated", range(6))
+    (path,) = glob.glob(str(logdir / "truncated" / "*tfevents*"))
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) - 37)  # the last record, cut mid-way
+    (logdir / "garbage").mkdir(parents=True)
+    (logdir / "garbage" / "events.out.tfevents.1700000000.host").write_bytes(rng.bytes(5000))
+    write_events(
+        logdir / "malformed",
+        {
+            s: [
+                raw("m/shape/kernel", np.zeros((3, 4))),
+                raw("m/dtype/kernel", np.array(["a", "b"])),
+                raw("m/short/kernel", np.zeros(5)),
+                summary.weights_pb("m/ok/kernel", rng.standard_normal(9) * (s + 1)),
+            ]
+            for s in range(3)
+        },
+    )
+    future = summary.weights_pb("m/future/kernel", np.ones(4))
+    future.value[0].metadata.plugin_data.content = b'{"version": 7}'
+    write_events(
+        logdir / "future",
+        {s: [future, summary.weights_pb("m/ok/kernel", np.ones(4) * (s + 1))] for s in range(2)},
+    )
+    moving("restarted", range(6))
+    moving("restarted", range(4), scale=0.2, suffix=".restart")
+    return {
+        "good": None,
+        "truncated": "last record cut",
+        "garbage": "random bytes named like an event file",
+        "malformed": "tensors of our plugin with a wrong shape, dtype and length",
+        "future": "format version 7",
+        "restarted": "steps 0..5, then 0..3 again",
+    }

@@ -477,7 +477,7 @@ def test_gapped_late_and_repeated_steps(rng):
 
 
 def test_skipped_series_are_reported_in_their_run():
-    [run] = analysis.analyze_series([], skipped=[("r", "t", "version 99 is not supported")])
+    [run] = analysis.analyze_series([], skipped=[("r", "t", "skipped: version 99 is not supported")])
     assert run["run"] == "r" and run["layers"] == []
     assert run["warnings"] == ["t: skipped: version 99 is not supported"]
 
