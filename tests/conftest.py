@@ -189,3 +189,19 @@ def plugin_frame(page, timeout=30):
                 return frame
         page.wait_for_timeout(100)  # lets Playwright process frame events
     raise AssertionError("no tb_weightdiff iframe; frames: %r" % [f.url for f in page.frames])
+
+
+def plugin_client(logdir, loader):
+    """`(werkzeug client over TensorBoardWSGI with the plugin, opened logdir)`; exit the latter."""
+    from tensorboard.backend import application
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    from tb_weightdiff import plugin as plugin_lib
+
+    opened = reader.open_logdir(str(logdir), loader=loader)
+    handle = opened.__enter__()
+    context = base_plugin.TBContext(logdir=str(logdir), data_provider=handle.provider)
+    app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
+    return werkzeug_test.Client(app, wrappers.Response), opened

@@ -6,13 +6,9 @@ import os
 import numpy as np
 import pytest
 from tensorboard import errors
-from tensorboard.backend import application
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test
-from werkzeug import wrappers
 
 from tb_weightdiff import plugin as plugin_lib
-from tb_weightdiff import reader
+from conftest import plugin_client
 from conftest import requires_tf
 from logdirs import PLANTED
 from logdirs import write_planted_logdir
@@ -21,11 +17,7 @@ PREFIX = "/data/plugin/tb_weightdiff"
 
 
 def _client(logdir, loader):
-    opened = reader.open_logdir(str(logdir), loader=loader)
-    handle = opened.__enter__()
-    context = base_plugin.TBContext(logdir=str(logdir), data_provider=handle.provider)
-    app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
-    return werkzeug_test.Client(app, wrappers.Response), opened
+    return plugin_client(logdir, loader)
 
 
 @pytest.fixture

@@ -5,15 +5,11 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from tensorboard.backend import application
-from tensorboard.plugins import base_plugin
 from tensorboard.plugins.histogram import summary_v2 as histogram_summary
-from werkzeug import test as werkzeug_test
-from werkzeug import wrappers
 
 from tb_weightdiff import plugin as plugin_lib
-from tb_weightdiff import reader
 from tb_weightdiff import summary
+from conftest import plugin_client
 from conftest import write_events
 from logdirs import write_corrupted_logdir
 from logdirs import write_planted_logdir
@@ -36,11 +32,7 @@ ROUTES = {
 
 
 def _client(logdir, loader):
-    opened = reader.open_logdir(str(logdir), loader=loader)
-    handle = opened.__enter__()
-    context = base_plugin.TBContext(logdir=str(logdir), data_provider=handle.provider)
-    app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
-    return werkzeug_test.Client(app, wrappers.Response), opened
+    return plugin_client(logdir, loader)
 
 
 def _hostile_queries():
