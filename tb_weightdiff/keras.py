@@ -6,8 +6,8 @@ looked up, so `import tb_weightdiff.keras` works where Keras is absent and
 says how to install it only when the callback is used.
 
 The callback writes with TensorBoard's own event writer and the numpy-only
-`tb_weightdiff.summary.weights_pb`, so it adds no TensorFlow ops to the
-training graph and works with every Keras 3 backend.
+statistics behind `tb_weightdiff.summary.weights_pb`, so it adds no
+TensorFlow ops to the training graph and works with every Keras 3 backend.
 """
 
 import logging
@@ -71,6 +71,11 @@ def _strategy_of(model):
     return tf.distribute.get_strategy()
 
 
+# Backends whose `keras.ops.convert_to_numpy` returns a new array (`np.array(x)`)
+# for a variable; for any other the callback copies the value itself.
+_COPYING_BACKENDS = ("tensorflow", "jax", "torch", "numpy")
+
+
 def _build_callback_class(keras):
     # pylint: disable=import-outside-toplevel
     from tensorboard.compat.proto import event_pb2
@@ -101,8 +106,10 @@ def _build_callback_class(keras):
         moved: as many bytes as the model's weights (4 bytes per float32
         parameter: 2.4 MB for a 612k-parameter CNN, 400 MB for 100M
         parameters). Each logging step also copies one variable at a time to
-        the host. Pass `reference=False` to keep no copy; the tab then judges
-        movement from histograms, quantiles and fingerprints alone.
+        the host and sorts that copy in place, so at its peak the callback
+        holds the reference plus the largest variable. Pass `reference=False`
+        to keep no copy; the tab then judges movement from histograms,
+        quantiles and fingerprints alone.
 
         A failure while logging (a full disk, say) never stops training: it is
         logged as a warning once and logging stops. Under a multi-worker
@@ -237,12 +244,27 @@ def _build_callback_class(keras):
 
         @staticmethod
         def _host_value(variable):
-            return np.asarray(keras.ops.convert_to_numpy(variable))
+            """A host copy of `variable` that this callback owns (it gets sorted in place)."""
+            backend = keras.backend.backend()
+            value = None
+            if backend == "tensorflow":
+                # One copy: `convert_to_numpy` makes two (TensorFlow's own
+                # `numpy()`, then `np.array`), which doubles the peak memory
+                # and the time of the largest tensor.
+                read = getattr(getattr(variable, "value", None), "numpy", None)
+                try:
+                    value = np.asarray(read()) if read is not None else None
+                except Exception:  # pylint: disable=broad-except
+                    value = None  # e.g. a distributed variable: the generic way below
+            if value is None:
+                value = np.asarray(keras.ops.convert_to_numpy(variable))
+            fresh = backend in _COPYING_BACKENDS
+            if not (fresh and value.flags.owndata and value.flags.writeable):
+                value = value.copy()
+            return value
 
         def _snapshot_reference(self):
-            self._reference = {
-                self._tag(v): self._host_value(v).copy() for v, _ in self._variables()
-            }
+            self._reference = {self._tag(v): self._host_value(v) for v, _ in self._variables()}
 
         def _get_writer(self):
             if self._writer is None:
@@ -261,13 +283,16 @@ def _build_callback_class(keras):
                 reference = self._reference.get(tag)
                 if reference is not None and reference.size != value.size:
                     reference = None  # the variable was rebuilt with a new shape
-                summary = summary_lib.weights_pb(
-                    tag,
+                # `value` is this callback's own fresh host copy: sorting it in
+                # place saves a second copy of the largest tensor.
+                statistics = summary_lib.weight_statistics(
                     value,
                     reference=reference,
                     buckets=self.buckets,
                     trainable=trainable,
+                    overwrite_input=True,
                 )
+                summary = summary_lib._summary_pb(tag, statistics)  # pylint: disable=protected-access
                 writer.add_event(
                     event_pb2.Event(
                         step=step, wall_time=time.time(), summary=summary

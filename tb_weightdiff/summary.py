@@ -32,6 +32,8 @@ read as float32). Anything else (complex, strings, objects) raises a
 `ValueError`, as does a reference whose size differs from the data's.
 """
 
+import functools
+import math
 import zlib
 
 import numpy as np
@@ -90,8 +92,39 @@ def _as_float(array):
     return flat
 
 
+# Wherever a statistic needs float64 arithmetic it works through blocks of
+# the tensor: a float64 copy of a 20M-element tensor would cost 160 MB and
+# three passes over memory. Blocks of up to 2 MiB of float64 stay in cache;
+# for smaller tensors a block is at most 1/1024 of the tensor (but at least
+# 8 kB), so the two buffers add at most 0.2 % to the memory the tensor's own
+# copy takes: the Keras callback's peak is the reference plus the largest
+# tensor, and for a model whose one dense kernel is 96 % of its weights that
+# is already 1.96x the weights.
+_BLOCK = 1 << 18
+_SMALLEST_BLOCK = 1 << 10
+
+
+def _block_size(size):
+    return max(1, min(size, max(_SMALLEST_BLOCK, min(_BLOCK, size // 1024))))
+
+
 def _fingerprint(array):
     return float(zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
+
+
+def _count_below(sorted_values, edges):
+    """How many of `sorted_values` are `< edges[i]`, exactly, for float64 `edges`.
+
+    `np.searchsorted` with float64 keys would first cast a float32 array to
+    float64 (a copy and a pass over the tensor). Instead each edge is replaced
+    by the smallest value of the array's dtype not below it: a value of that
+    dtype is below the edge exactly when it is below that neighbour.
+    """
+    if sorted_values.dtype != np.float64:
+        dtype = sorted_values.dtype.type
+        nearest = edges.astype(dtype)
+        edges = np.where(nearest < edges, np.nextafter(nearest, dtype(np.inf)), nearest)
+    return np.searchsorted(sorted_values, edges, side="left")
 
 
 def _histogram(sorted_finite, bucket_count):
@@ -99,7 +132,7 @@ def _histogram(sorted_finite, bucket_count):
 
     Buckets are equal-width from the minimum to the maximum, each closed on
     the left and the last one also on the right (numpy's `histogram` rule);
-    counting is k + 1 binary searches in the sorted values.
+    counting is k - 1 binary searches in the sorted values.
     """
     if bucket_count == 0:
         return np.zeros((0, 3))
@@ -116,32 +149,62 @@ def _histogram(sorted_finite, bucket_count):
     scale = 1.0 if np.isfinite(maximum - minimum) else 0.5
     edges = np.linspace(minimum * scale, maximum * scale, bucket_count + 1) / scale
     edges[0], edges[-1] = minimum, maximum
-    positions = np.searchsorted(sorted_finite, edges[1:-1], side="left")
+    positions = _count_below(sorted_finite, edges[1:-1])
     counts = np.diff(np.concatenate([[0], positions, [sorted_finite.size]])).astype(np.float64)
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def _quantile_positions(size):
+    """Indices and weights of `np.quantile`'s linear method for `size` values."""
+    positions = _QUANTILE_PROBABILITIES * (size - 1)
+    below = np.floor(positions).astype(np.intp)
+    above = np.minimum(below + 1, size - 1)
+    fraction = positions - below
+    return below, above, fraction, fraction >= 0.5
 
 
 def _quantiles(sorted_finite):
     """Quantiles at the fixed probabilities, exactly as `np.quantile`'s default
     (linear) method computes them, read off the sorted values."""
-    size = sorted_finite.size
-    positions = _QUANTILE_PROBABILITIES * (size - 1)
-    below = np.floor(positions).astype(np.intp)
-    above = np.minimum(below + 1, size - 1)
-    fraction = positions - below
+    below, above, fraction, upper_half = _quantile_positions(sorted_finite.size)
     low = sorted_finite[below].astype(np.float64)
     high = sorted_finite[above].astype(np.float64)
     difference = high - low
     result = low + difference * fraction
     # numpy's _lerp: interpolate from the nearer end, for monotonicity.
-    np.subtract(high, difference * (1 - fraction), out=result, where=fraction >= 0.5)
+    np.subtract(high, difference * (1 - fraction), out=result, where=upper_half)
     return result
 
 
-def _reference_statistics(values, reference):
-    """`(||W0||, ||W - W0||, relative change, cosine distance)` as floats."""
-    current = values.astype(np.float64, copy=False)
-    ref = _as_float(reference).astype(np.float64, copy=False)
+def _moments(sorted_finite):
+    """`(mean, std, l2_norm)` of non-empty finite values, in float64, block by block.
+
+    The sums are taken around a shift K, the middle value: the variance is
+    mean((x - K)^2) - mean(x - K)^2, and since |mean - median| <= std the
+    subtraction loses nothing (all-equal values give exactly 0).
+    """
+    size = sorted_finite.size
+    shift = float(sorted_finite[size // 2])
+    step = _block_size(size)
+    block = np.empty(step)
+    square_sum = shifted_sum = shifted_square_sum = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, size, step):
+            values = block[: min(step, size - start)]
+            np.copyto(values, sorted_finite[start : start + step])
+            square_sum += float(np.dot(values, values))
+            values -= shift
+            shifted_sum += float(np.add.reduce(values))
+            shifted_square_sum += float(np.dot(values, values))
+        offset = shifted_sum / size
+        variance = shifted_square_sum / size - offset * offset
+    return shift + offset, float(np.sqrt(max(variance, 0.0))), float(np.sqrt(square_sum))
+
+
+def _reference_statistics_direct(current, reference):
+    """`_reference_statistics` on whole float64 copies: for non-finite values."""
+    current = current.astype(np.float64, copy=False)
+    ref = reference.astype(np.float64, copy=False)
     with np.errstate(all="ignore"):
         difference = current - ref
         distance = float(np.sqrt(np.dot(difference, difference)))
@@ -160,7 +223,76 @@ def _reference_statistics(values, reference):
     return reference_norm, distance, float(relative_change), cosine_distance
 
 
-def weight_statistics(data, reference=None, buckets=None, trainable=None):
+def _direction_change_squared(current, reference, current_norm, reference_norm):
+    """`||W/||W|| - W0/||W0|| ||^2`, elementwise, block by block."""
+    total = 0.0
+    step = _block_size(current.size)
+    block = np.empty(step)
+    ref_block = np.empty_like(block)
+    for start in range(0, current.size, step):
+        values = block[: min(step, current.size - start)]
+        ref_values = ref_block[: values.size]
+        np.copyto(values, current[start : start + step])
+        np.copyto(ref_values, reference[start : start + step])
+        values /= current_norm
+        ref_values /= reference_norm
+        values -= ref_values
+        total += float(np.dot(values, values))
+    return total
+
+
+def _reference_statistics(values, reference):
+    """`(||W0||, ||W - W0||, relative change, cosine distance)` as floats.
+
+    One pass in float64 blocks gathers ||W||^2, ||W0||^2, ||D||^2 and D.W0
+    (D = W - W0, exact for float32 weights). The cosine distance is
+    ||W/||W|| - W0/||W0|| ||^2 / 2, which keeps its precision for tiny
+    rotations; with s = ||W0|| - ||W|| = -(2 D.W0 + ||D||^2) / (||W|| + ||W0||)
+    it equals (||D||^2 + 2 s D.W0 / ||W0|| + s^2) / (2 ||W||^2). Where those
+    terms cancel (the norm changed far more than the direction) a second pass
+    computes the direction change elementwise.
+    """
+    reference = _as_float(reference)
+    size = values.size
+    step = _block_size(size)
+    block = np.empty(step)
+    ref_block = np.empty_like(block)
+    current_square = reference_square = difference_square = cross = 0.0
+    with np.errstate(all="ignore"):
+        for start in range(0, size, step):
+            current = block[: min(step, size - start)]
+            ref = ref_block[: current.size]
+            np.copyto(current, values[start : start + step])
+            np.copyto(ref, reference[start : start + step])
+            current_square += float(np.dot(current, current))
+            reference_square += float(np.dot(ref, ref))
+            current -= ref
+            difference_square += float(np.dot(current, current))
+            cross += float(np.dot(current, ref))
+        sums = (current_square, reference_square, difference_square, cross)
+        if not all(math.isfinite(s) for s in sums):
+            return _reference_statistics_direct(values, reference)
+        distance = math.sqrt(difference_square)
+        reference_norm = math.sqrt(reference_square)
+        current_norm = math.sqrt(current_square)
+        if distance == 0.0:
+            return reference_norm, 0.0, 0.0, 0.0
+        relative_change = distance / reference_norm if reference_norm > 0 else np.nan
+        if not (reference_norm > 0 and current_norm > 0):
+            return reference_norm, distance, float(relative_change), np.nan
+        norm_gap = -(2 * cross + difference_square) / (current_norm + reference_norm)
+        terms = (difference_square, 2 * cross * norm_gap / reference_norm, norm_gap * norm_gap)
+        squared = sum(terms)
+        if squared > 1e-6 * sum(abs(term) for term in terms):
+            squared /= current_square
+        else:
+            squared = _direction_change_squared(values, reference, current_norm, reference_norm)
+    return reference_norm, distance, float(relative_change), min(2.0, max(0.0, 0.5 * squared))
+
+
+def weight_statistics(
+    data, reference=None, buckets=None, trainable=None, overwrite_input=False
+):
     """Computes the stored tensor for one weight tensor (numpy only).
 
     Args:
@@ -170,6 +302,10 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
       buckets: optional non-negative int, the histogram's bucket count
         (default 30).
       trainable: optional bool, recorded as 1.0 / 0.0 (NaN when `None`).
+      overwrite_input: if True and `data` is a writable numpy array, it is
+        sorted in place (its values are lost) instead of sorted into a copy,
+        which saves host memory as large as the tensor. For callers that own
+        a fresh host copy, as the Keras callback does.
 
     Returns:
       A rank-1 float64 numpy array in the layout of `tb_weightdiff.metadata`.
@@ -188,39 +324,47 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
             )
     values = _as_float(array)
     count = values.size
+    # The fingerprint and the distance from the reference need the values in
+    # their order, so they come before the sort.
+    fingerprint = _fingerprint(array)
+    if reference is not None:
+        reference_stats = _reference_statistics(values, reference)
+    else:
+        reference_stats = (np.nan,) * 4
+
     # One sort serves the quantiles, the extremes, the non-finite and zero
     # counts and the histogram (binary searches); numpy's SIMD sort of a
-    # float32 tensor costs a few passes over it.
-    sorted_values = np.sort(values)
-    nan_count = count - int(np.searchsorted(sorted_values, np.nan, side="left"))
-    neginf_count = int(np.searchsorted(sorted_values, -np.inf, side="right"))
-    posinf_count = count - nan_count - int(np.searchsorted(sorted_values, np.inf, side="left"))
+    # float32 tensor costs a few passes over it. A converted copy, or an
+    # input the caller gave up, is sorted where it lies.
+    owned = not np.may_share_memory(values, array)
+    if (owned or (overwrite_input and isinstance(data, np.ndarray))) and values.flags.writeable:
+        values.sort()
+        sorted_values = values
+    else:
+        sorted_values = np.sort(values)
+    # Keys of the array's own dtype: a float64 key would make searchsorted
+    # cast the whole float32 array first.
+    kind = sorted_values.dtype.type
+    nan_count = count - int(np.searchsorted(sorted_values, kind(np.nan), side="left"))
+    neginf_count = int(np.searchsorted(sorted_values, kind(-np.inf), side="right"))
+    posinf_count = count - nan_count - int(np.searchsorted(sorted_values, kind(np.inf), side="left"))
     sorted_finite = sorted_values[neginf_count : count - nan_count - posinf_count]
     finite_count = sorted_finite.size
     zero_count = int(
-        np.searchsorted(sorted_finite, 0, side="right") - np.searchsorted(sorted_finite, 0, side="left")
+        np.searchsorted(sorted_finite, kind(0), side="right")
+        - np.searchsorted(sorted_finite, kind(0), side="left")
     )
 
     if finite_count:
-        as_float64 = sorted_finite.astype(np.float64, copy=False)
         minimum = float(sorted_finite[0])
         maximum = float(sorted_finite[-1])
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = float(as_float64.sum() / finite_count)
-            deviations = as_float64 - mean
-            std = float(np.sqrt(np.dot(deviations, deviations) / finite_count))
-            l2_norm = float(np.sqrt(np.dot(as_float64, as_float64)))
+        mean, std, l2_norm = _moments(sorted_finite)
         quantiles = _quantiles(sorted_finite)
     else:
         minimum = maximum = mean = std = np.nan
         l2_norm = 0.0 if count == 0 else np.nan
         quantiles = np.full(len(_QUANTILE_PROBABILITIES), np.nan)
     zero_fraction = zero_count / count if count else np.nan
-
-    if reference is not None:
-        reference_stats = _reference_statistics(values, reference)
-    else:
-        reference_stats = (np.nan,) * 4
 
     stats = {
         "count": count,
@@ -235,7 +379,7 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
         "l2_norm": l2_norm,
         "zero_fraction": zero_fraction,
         "trainable": np.nan if trainable is None else float(bool(trainable)),
-        "fingerprint": _fingerprint(array),
+        "fingerprint": fingerprint,
         "reference_l2_norm": reference_stats[0],
         "reference_distance": reference_stats[1],
         "relative_change": reference_stats[2],
@@ -245,6 +389,29 @@ def weight_statistics(data, reference=None, buckets=None, trainable=None):
     return metadata.encode(
         [stats[name] for name in metadata.STAT_FIELDS], quantiles, histogram
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_summary_metadata():
+    return metadata.create_summary_metadata()
+
+
+def _summary_metadata(description):
+    """The summary metadata; without a description one shared, read-only instance."""
+    if description:
+        return metadata.create_summary_metadata(description=description)
+    return _default_summary_metadata()
+
+
+def _summary_pb(name, values, description=None):
+    """A `Summary` holding one stored tensor from `weight_statistics`."""
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=name,
+        metadata=_summary_metadata(description),
+        tensor=tensor_util.make_tensor_proto(values, dtype=np.float64),
+    )
+    return summary
 
 
 def weights_pb(
@@ -275,13 +442,7 @@ def weights_pb(
     values = weight_statistics(
         data, reference=reference, buckets=buckets, trainable=trainable
     )
-    summary = summary_pb2.Summary()
-    summary.value.add(
-        tag=name,
-        metadata=metadata.create_summary_metadata(description=description),
-        tensor=tensor_util.make_tensor_proto(values, dtype=np.float64),
-    )
-    return summary
+    return _summary_pb(name, values, description)
 
 
 def weights(
@@ -332,10 +493,12 @@ def weights(
     """
     tf = _get_tensorflow()
     bucket_count = _check_bucket_count(buckets)
-    data = tf.stop_gradient(tf.convert_to_tensor(data))
+    # Eagerly the values go to numpy directly and no tape sees them.
+    detach = (lambda tensor: tensor) if tf.executing_eagerly() else tf.stop_gradient
+    data = detach(tf.convert_to_tensor(data))
     inputs = [data]
     if reference is not None:
-        reference = tf.stop_gradient(tf.convert_to_tensor(reference))
+        reference = detach(tf.convert_to_tensor(reference))
         inputs.append(reference)
     for tensor, what in zip(inputs, ("data", "reference")):
         dtype = tensor.dtype
@@ -351,18 +514,19 @@ def weights(
                 "reference has %d elements but data has %d; pass the same "
                 "tensor's earlier value" % (sizes[1], sizes[0])
             )
-    summary_metadata = metadata.create_summary_metadata(description=description)
+    summary_metadata = _summary_metadata(description)
     summary_scope = (
         getattr(tf.summary.experimental, "summary_scope", None)
         or tf.summary.summary_scope
     )
 
-    def compute(*arrays):
+    def compute(*arrays, overwrite_input=False):
         return weight_statistics(
             arrays[0],
             reference=arrays[1] if len(arrays) > 1 else None,
             buckets=bucket_count,
             trainable=trainable,
+            overwrite_input=overwrite_input,
         )
 
     with summary_scope(name, "weights_summary", values=[data, reference, step]) as (
@@ -371,6 +535,10 @@ def weights(
     ):
 
         def lazy_tensor():
+            if tf.executing_eagerly():
+                # The tensors are at hand: compute now, without numpy_function's
+                # dispatch. `numpy()` returns copies, which may be sorted in place.
+                return tf.constant(compute(*[tensor.numpy() for tensor in inputs], overwrite_input=True))
             result = tf.numpy_function(compute, inputs, tf.float64, stateful=False)
             result.set_shape([None])
             return result
