@@ -36,9 +36,13 @@ last component and without a trailing `/histogram`) takes the verdict of its
 largest variable, unless one of its variables diverged.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import math
+import operator
+import os
+import threading
 
 import numpy as np
 
@@ -60,6 +64,22 @@ RELATIVE_CHANGE = "relative_change"
 SHIFT = "shift"
 
 _HISTOGRAM_SUFFIX = "/histogram"
+
+# Step pairs per numpy pass when computing W1 distances (see `_Distributions.pairs`).
+_PAIR_CHUNK = 1024
+_WORKERS = min(4, os.cpu_count() or 1)
+_EXECUTOR = []
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor():
+    """A small thread pool for numpy work, started on first use."""
+    with _EXECUTOR_LOCK:
+        if not _EXECUTOR:
+            _EXECUTOR.append(
+                concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="tb_weightdiff")
+            )
+        return _EXECUTOR[0]
 _PROBABILITIES = np.asarray(metadata.QUANTILE_PROBABILITIES, dtype=np.float64)
 
 
@@ -145,12 +165,19 @@ def _mean_abs_linear(d0, d1):
     When d changes sign inside the segment the two triangles are integrated
     separately: (d0^2 + d1^2) / (2 (|d0| + |d1|)).
     """
-    a0, a1 = np.abs(d0), np.abs(d1)
-    total = a0 + a1
-    crossing = ((d0 > 0) & (d1 < 0)) | ((d0 < 0) & (d1 > 0))
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        crossed = (d0 * d0 + d1 * d1) / (2 * total)
-    return np.where(crossing, crossed, total / 2)
+    total = np.abs(d0)
+    total += np.abs(d1)
+    # Strictly opposite signs (a zero or a NaN never crosses); rare, so the
+    # crossing formula is evaluated only there.
+    sign = np.sign(d0)
+    sign *= np.sign(d1)
+    crossing = sign < 0
+    result = total / 2
+    if crossing.any():
+        a, b, t = d0[crossing], d1[crossing], total[crossing]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            result[crossing] = (a * a + b * b) / (2 * t)
+    return result
 
 
 def _exponent_of(peak):
@@ -168,6 +195,10 @@ def _ldexp(mantissa, exponent):
     if not exponent.any():
         return np.asarray(mantissa, dtype=np.float64)
     with np.errstate(over="ignore", under="ignore"):
+        if -1022 <= exponent.min() and exponent.max() <= 1023:
+            # A product with a normal power of two rounds exactly as ldexp
+            # does, and numpy vectorises it (its ldexp loop is 3x slower).
+            return np.multiply(mantissa, np.ldexp(1.0, exponent))
         return np.ldexp(mantissa, exponent)
 
 
@@ -194,6 +225,25 @@ class _Distributions:
     # quantiles: [n, Q] normalized, and the probabilities [Q]
     quantiles: np.ndarray = None
     probabilities: np.ndarray = None
+    # Steps of several variables are computed as one batch (`rows` slices it):
+    # the batch these rows belong to (None: their own) and where they start in it.
+    batch: "_Distributions" = None
+    offset: int = 0
+    _tables: tuple = dataclasses.field(default=None, init=False, repr=False)  # _piece_tables, on first use
+
+    _ROW_FIELDS = ("valid", "exponent", "std", "rms", "raw", "rows", "left", "right", "cumulative", "quantiles")
+
+    def take_rows(self, start, count):
+        """Steps `[start, start + count)` as their own `_Distributions` (views, no copies)."""
+        part = slice(start, start + count)
+        sliced = {
+            name: getattr(self, name)[part]
+            for name in self._ROW_FIELDS
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(
+            self, **sliced, batch=self.batch or self, offset=self.offset + start
+        )
 
     def pairs(self, first, second):
         """W1 between steps `first[i]` and `second[i]`, as `(mantissa, exponent)` arrays.
@@ -203,8 +253,27 @@ class _Distributions:
         first = np.asarray(first, dtype=np.int64)
         second = np.asarray(second, dtype=np.int64)
         exponent = np.maximum(self.exponent[first], self.exponent[second])
-        if first.size == 0:
-            return np.zeros(0), exponent
+        mantissa = np.empty(first.size)
+        if self.kind != "quantiles" and self._tables is None:
+            self._tables = _piece_tables(self.left, self.right, self.cumulative)
+
+        # Row by row the same numbers; in chunks, so that a batch of many
+        # variables amortises numpy's per-call cost while its temporaries
+        # still fit in cache. numpy releases the GIL inside each operation,
+        # so the chunks run on every core.
+        def chunk(start):
+            part = slice(start, start + _PAIR_CHUNK)
+            mantissa[part] = self._pair_mantissas(first[part], second[part], exponent[part])
+
+        starts = range(0, first.size, _PAIR_CHUNK)
+        if len(starts) > 1 and _WORKERS > 1:
+            list(_executor().map(chunk, starts))
+        else:
+            for start in starts:
+                chunk(start)
+        return mantissa, exponent
+
+    def _pair_mantissas(self, first, second, exponent):
         shift_a = (self.exponent[first] - exponent)[:, None]
         shift_b = (self.exponent[second] - exponent)[:, None]
         if self.kind == "quantiles":
@@ -212,19 +281,36 @@ class _Distributions:
                 self.quantiles[second], shift_b
             )
             weights = np.diff(self.probabilities)
-            mantissa = np.sum(
+            return np.sum(
                 weights * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1
             )
-            return mantissa, exponent
-        mantissa = _w1_quantile_functions(
-            _ldexp(self.left[first], shift_a),
-            _ldexp(self.right[first], shift_a),
-            self.cumulative[first],
-            _ldexp(self.left[second], shift_b),
-            _ldexp(self.right[second], shift_b),
-            self.cumulative[second],
+        # The pieces of each logged step are tabulated once, not once per pair.
+        if self._tables is None:
+            self._tables = _piece_tables(self.left, self.right, self.cumulative)
+        return _w1_between(
+            self.cumulative[first], self._tables, first, shift_a,
+            self.cumulative[second], self._tables, second, shift_b,
         )
-        return mantissa, exponent
+
+
+def _piece_tables(left, right, cumulative):
+    """Per bucket of canonical histograms (rows of `[n, K]`): the quantile
+    function's pieces as `(left, right, width, base, has_mass, safe_mass)`.
+
+    Bucket i holds `mass = cum[i + 1] - cum[i]` from `left` to `right`
+    (`width` apart), starting at probability `base = cum[i]`; `safe_mass` is
+    1 where the mass is 0.
+    """
+    mass = np.diff(cumulative, axis=1)
+    has_mass = mass > 0
+    return (
+        left,
+        right,
+        right - left,
+        np.ascontiguousarray(cumulative[:, :-1]),
+        has_mass,
+        np.where(has_mass, mass, 1.0),
+    )
 
 
 def _w1_quantile_functions(left_a, right_a, cum_a, left_b, right_b, cum_b):
@@ -237,36 +323,63 @@ def _w1_quantile_functions(left_a, right_a, cum_a, left_b, right_b, cum_b):
     |Q_a(p) - Q_b(p)|: on each interval between the union of both
     cumulative grids both functions are linear, so the integral is exact.
     """
-    n, k_a = left_a.shape
-    k_b = left_b.shape[1]
+    rows = np.arange(left_a.shape[0])
+    no_shift = np.zeros((rows.size, 1), np.int64)
+    return _w1_between(
+        cum_a, _piece_tables(left_a, right_a, cum_a), rows, no_shift,
+        cum_b, _piece_tables(left_b, right_b, cum_b), rows, no_shift,
+    )
+
+
+def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift_b):
+    """`_w1_quantile_functions` of pairs given as rows of piece tables.
+
+    Pair i compares row `rows_a[i]` of `tables_a` with row `rows_b[i]` of
+    `tables_b` (`_piece_tables`), whose edges are scaled by `2**shift_a[i]`
+    and `2**shift_b[i]` to a common power of two; `cum_a`, `cum_b` are those
+    rows' cumulative masses. Tables computed once per logged step serve
+    every pair the step is part of.
+    """
+    n = cum_a.shape[0]
+    k_a = tables_a[0].shape[1]
+    k_b = tables_b[0].shape[1]
     grid = np.concatenate([cum_a, cum_b], axis=1)
     # Stable: at equal p, a's points come first, which the index bookkeeping needs.
     order = np.argsort(grid, axis=1, kind="stable")
-    points = np.take_along_axis(grid, order, axis=1)
+    # Gathers through flat indices: much cheaper than take_along_axis here.
+    points = grid.ravel()[order + (np.arange(n) * grid.shape[1])[:, None]]
     from_a = order < cum_a.shape[1]
     bucket_a = np.clip(np.cumsum(from_a, axis=1) - 1, 0, k_a - 1)[:, :-1]
     bucket_b = np.clip(np.cumsum(~from_a, axis=1) - 1, 0, k_b - 1)[:, :-1]
     start, end = points[:, :-1], points[:, 1:]
 
-    def linear_pieces(left, right, cum, bucket):
-        # Gathers through flat indices: much cheaper than take_along_axis here.
-        rows = np.arange(n)[:, None] * left.shape[1]
-        flat = (bucket + rows).ravel()
-        low = left.ravel()[flat].reshape(bucket.shape)
-        width = (right - left).ravel()[flat].reshape(bucket.shape)
-        base = cum[:, :-1].ravel()[flat].reshape(bucket.shape)
-        mass = np.diff(cum, axis=1).ravel()[flat].reshape(bucket.shape)
-        has_mass = mass > 0
-        safe_mass = np.where(has_mass, mass, 1.0)
+    def linear_pieces(tables, rows, shift, bucket):
+        left, right, width, base, has_mass, safe_mass = tables
+        flat = bucket + (rows * left.shape[1])[:, None]
+        low, width = left.ravel()[flat], width.ravel()[flat]
+        shifted = np.flatnonzero(shift[:, 0])
+        if shifted.size:
+            # Those pairs' edges are scaled to their common power of two first.
+            scaled_left = _ldexp(left[rows[shifted]], shift[shifted])
+            scaled_width = _ldexp(right[rows[shifted]], shift[shifted]) - scaled_left
+            own = bucket[shifted] + (np.arange(shifted.size) * left.shape[1])[:, None]
+            low[shifted] = scaled_left.ravel()[own]
+            width[shifted] = scaled_width.ravel()[own]
+        base, has_mass, safe_mass = base.ravel()[flat], has_mass.ravel()[flat], safe_mass.ravel()[flat]
 
         def at(p):
-            fraction = np.where(has_mass, (p - base) / safe_mass, 0.0)
-            return low + width * np.clip(fraction, 0.0, 1.0)
+            fraction = p - base
+            fraction /= safe_mass
+            fraction[~has_mass] = 0.0
+            np.clip(fraction, 0.0, 1.0, out=fraction)
+            fraction *= width
+            fraction += low
+            return fraction
 
         return at
 
-    quantile_a = linear_pieces(left_a, right_a, cum_a, bucket_a)
-    quantile_b = linear_pieces(left_b, right_b, cum_b, bucket_b)
+    quantile_a = linear_pieces(tables_a, rows_a, shift_a, bucket_a)
+    quantile_b = linear_pieces(tables_b, rows_b, shift_b, bucket_b)
     d_start = quantile_a(start) - quantile_b(start)
     d_end = quantile_a(end) - quantile_b(end)
     return np.sum((end - start) * _mean_abs_linear(d_start, d_end), axis=1)
@@ -345,12 +458,16 @@ def _as_histogram_array(values):
 
 def _histogram_distributions(histograms):
     """`_Distributions` for a list of `[k, 3]` histograms (one per step)."""
-    arrays = [_as_histogram_array(h) for h in histograms]
+    return _histogram_distributions_of([_as_histogram_array(h) for h in histograms])
+
+
+def _histogram_distributions_of(arrays):
+    """`_histogram_distributions` of float64 `[k, 3]` arrays, already checked."""
     n = len(arrays)
     width = max([a.shape[0] for a in arrays] + [1])
     rows = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     if n and np.all(rows == width):
-        stacked = np.stack(arrays)
+        stacked = np.concatenate(arrays).reshape(n, width, 3)
         raw = stacked
     else:
         stacked = np.zeros((n, width, 3))
@@ -599,20 +716,44 @@ def _ordered(series):
     return ordered, [series.summaries[last[step]] for step in ordered]
 
 
-def _variable_from_ours(series):
-    steps, summaries = _ordered(series)
-    names = (
-        "count", "finite_count", "nan_count", "posinf_count", "neginf_count", "std",
-        "l2_norm", "trainable", "fingerprint", "reference_l2_norm", "reference_distance",
-        "relative_change", "cosine_distance",
-    )
-    table = np.array([[s.stats[name] for name in names] for s in summaries], dtype=np.float64).reshape(
-        len(summaries), len(names)
-    )
-    column = {name: table[:, i] for i, name in enumerate(names)}
-    quantiles = np.array([s.quantiles for s in summaries], dtype=np.float64).reshape(len(summaries), -1)
+_OUR_COLUMNS = (
+    "count", "finite_count", "nan_count", "posinf_count", "neginf_count", "std",
+    "l2_norm", "trainable", "fingerprint", "reference_l2_norm", "reference_distance",
+    "relative_change", "cosine_distance",
+)
+_our_columns_of = operator.itemgetter(*_OUR_COLUMNS)
+
+
+_OUR_COLUMN_INDEX = [metadata.stat_index(name) for name in _OUR_COLUMNS]
+_QUANTILE_COLUMNS = slice(len(metadata.STAT_FIELDS), len(metadata.STAT_FIELDS) + len(metadata.QUANTILE_PROBABILITIES))
+
+
+def _prepare_ours(series):
+    """`(steps, columns, quantiles)` of one series of our summaries; raises if malformed."""
+    stacked = getattr(series, "table", None)
+    in_order = all(a < b for a, b in zip(series.steps, series.steps[1:]))
+    if stacked is not None and in_order and stacked.shape[0] == len(series.steps):
+        # Steps already in order (the reader's): the columns of the stacked tensors.
+        steps = [int(step) for step in series.steps]
+        table = stacked[:, _OUR_COLUMN_INDEX]
+        quantiles = stacked[:, _QUANTILE_COLUMNS]
+    else:
+        steps, summaries = _ordered(series)
+        table = np.array([_our_columns_of(s.stats) for s in summaries], dtype=np.float64).reshape(
+            len(summaries), len(_OUR_COLUMNS)
+        )
+        quantiles = np.array([s.quantiles for s in summaries], dtype=np.float64).reshape(len(summaries), -1)
+    column = {name: table[:, i] for i, name in enumerate(_OUR_COLUMNS)}
+    if quantiles.shape[1] != _PROBABILITIES.size:
+        raise ValueError(
+            "quantiles must have shape [steps, %d], got %s" % (_PROBABILITIES.size, quantiles.shape)
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
         rms = column["l2_norm"] / np.sqrt(column["finite_count"])
+    return steps, column, (quantiles, column["std"], rms)
+
+
+def _variable_from_ours(series, steps, column, distributions):
     layer, name = split_tag(series.tag)
     trainable_flags = column["trainable"][np.isfinite(column["trainable"])]
     variable = _Variable(
@@ -624,18 +765,16 @@ def _variable_from_ours(series):
         steps=steps,
         elements=int(np.max(column["count"], initial=0)),
         trainable=bool(trainable_flags[-1]) if trainable_flags.size else None,
-        distributions=_quantile_distributions(quantiles, column["std"], rms),
+        distributions=distributions,
     )
-    nonfinite = (
-        np.nan_to_num(column["nan_count"]) + np.nan_to_num(column["posinf_count"])
-        + np.nan_to_num(column["neginf_count"])
-    ) > 0
+    counts = np.nan_to_num(np.stack([column[name] for name in ("nan_count", "posinf_count", "neginf_count")]))
+    nonfinite = (counts[0] + counts[1] + counts[2]) > 0
     variable.diverged_step = _first_step_where(variable.steps, nonfinite)
     fingerprints = column["fingerprint"]
     distances = column["reference_distance"]
     present = np.isfinite(distances)
     variable.frozen = bool(
-        len(summaries) > 0
+        len(steps) > 0
         and np.all(fingerprints == fingerprints[0])
         and np.all(distances[present] == 0)
     )
@@ -646,10 +785,14 @@ def _variable_from_ours(series):
     return variable
 
 
-def _variable_from_histograms(series):
-    layer, name = split_tag(series.tag)
+def _prepare_histograms(series):
+    """`(steps, [k, 3] arrays)` of one series of plain histograms; raises if malformed."""
     steps, summaries = _ordered(series)
-    distributions = _histogram_distributions(summaries)
+    return steps, [_as_histogram_array(h) for h in summaries]
+
+
+def _variable_from_histograms(series, steps, distributions):
+    layer, name = split_tag(series.tag)
     raw, rows = distributions.raw, distributions.rows
     with np.errstate(invalid="ignore", over="ignore"):
         totals = np.sum(raw[:, :, 2], axis=1)
@@ -672,15 +815,90 @@ def _variable_from_histograms(series):
     return variable
 
 
-def _baseline_distances(variable):
-    """W1 from the baseline and between consecutive steps, as (mantissa, exponent) per step."""
+def _histogram_batches(prepared):
+    """`{id(series): _Distributions}` for prepared histogram series, computed in batches.
+
+    Each step's distribution depends on that step alone, and per series the
+    cost is mostly numpy's per-call overhead; so the steps of every series
+    with the same bucket count are computed as one stack and sliced per
+    series: the same numbers, row by row. A batch whose buckets had to be
+    rebuilt into more rows (overlapping or unsorted buckets) is redone series
+    by series, so that no series is padded beyond its own width.
+    """
+    groups = {}
+    for series, _, arrays in prepared:
+        width = max([array.shape[0] for array in arrays] + [1])
+        groups.setdefault(width, []).append((series, arrays))
+    found = {}
+    for width, members in groups.items():
+        batch = _histogram_distributions_of([array for _, arrays in members for array in arrays])
+        if batch.left.shape[1] != width:
+            for series, arrays in members:
+                found[id(series)] = _histogram_distributions_of(arrays)
+            continue
+        offset = 0
+        for series, arrays in members:
+            found[id(series)] = batch.take_rows(offset, len(arrays))
+            offset += len(arrays)
+    return found
+
+
+def _quantile_batches(prepared):
+    """`{id(series): _Distributions}` for prepared series of ours, as one batch."""
+    if not prepared:
+        return {}
+    batch = _quantile_distributions(
+        *(np.concatenate([inputs[i] for _, _, inputs in prepared]) for i in range(3))
+    )
+    found, offset = {}, 0
+    for series, steps, _ in prepared:
+        found[id(series)] = batch.take_rows(offset, len(steps))
+        offset += len(steps)
+    return found
+
+
+def _build_variables(series_list, warnings):
+    """`_Variable`s for the series of one run; unreadable series become warnings."""
+    unreadable = (ValueError, KeyError, TypeError, AttributeError)
+    ours, histograms = [], []
+    for series in series_list:
+        try:
+            if series.source == metadata.PLUGIN_NAME:
+                ours.append((series, *_prepare_ours(series)))
+            else:
+                histograms.append((series, *_prepare_histograms(series)))
+        except unreadable as error:
+            warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
+    distributions = _quantile_batches([(series, steps, inputs) for series, steps, _, inputs in ours])
+    distributions.update(_histogram_batches(histograms))
+    built = {}
+    for series, steps, column, _ in ours:
+        try:
+            built[id(series)] = _variable_from_ours(series, steps, column, distributions[id(series)])
+        except unreadable as error:
+            warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
+    for series, steps, _ in histograms:
+        try:
+            built[id(series)] = _variable_from_histograms(series, steps, distributions[id(series)])
+        except unreadable as error:
+            warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
+    return [built[id(series)] for series in series_list if id(series) in built]
+
+
+def _distance_requests(variable):
+    """The W1 pairs one variable needs: from the baseline, and between consecutive steps.
+
+    Returns `(mantissa, exponent, requests)`: per-step arrays to fill (NaN
+    where a distance cannot be computed) and `(key, first, second)` step
+    index pairs into the variable's own distributions.
+    """
     distributions = variable.distributions
     n = len(variable.steps)
     valid = distributions.valid
     mantissa = {"baseline": np.full(n, np.nan), "step": np.full(n, np.nan)}
     exponent = {"baseline": np.zeros(n, np.int64), "step": np.zeros(n, np.int64)}
     if n == 0:
-        return mantissa, exponent
+        return mantissa, exponent, []
     if valid[0]:
         mantissa["baseline"][0], exponent["baseline"][0] = 0.0, distributions.exponent[0]
     later = np.arange(1, n)
@@ -690,15 +908,37 @@ def _baseline_distances(variable):
         requests.append(("baseline", np.zeros_like(ok), ok))
     ok = later[valid[later] & valid[later - 1]]
     requests.append(("step", ok - 1, ok))
-    first = np.concatenate([r[1] for r in requests])
-    second = np.concatenate([r[2] for r in requests])
-    values, exponents = distributions.pairs(first, second)
-    offset = 0
-    for key, _, targets in requests:
-        mantissa[key][targets] = values[offset : offset + targets.size]
-        exponent[key][targets] = exponents[offset : offset + targets.size]
-        offset += targets.size
-    return mantissa, exponent
+    return mantissa, exponent, requests
+
+
+def _baseline_distances(variables):
+    """`{id(variable): (mantissa, exponent)}`: W1 from the baseline and between
+    consecutive steps, per step; one `pairs` call per batch of distributions."""
+    groups = {}
+    for variable in variables:
+        root = variable.distributions.batch or variable.distributions
+        groups.setdefault(id(root), (root, []))[1].append(variable)
+    found = {}
+    for root, members in groups.values():
+        plans, firsts, seconds = [], [], []
+        for variable in members:
+            mantissa, exponent, requests = _distance_requests(variable)
+            offset = variable.distributions.offset if variable.distributions.batch is not None else 0
+            for _, first, second in requests:
+                firsts.append(first + offset)
+                seconds.append(second + offset)
+            plans.append((variable, mantissa, exponent, requests))
+            found[id(variable)] = (mantissa, exponent)
+        if not firsts:
+            continue
+        values, exponents = root.pairs(np.concatenate(firsts), np.concatenate(seconds))
+        position = 0
+        for variable, mantissa, exponent, requests in plans:
+            for key, _, targets in requests:
+                mantissa[key][targets] = values[position : position + targets.size]
+                exponent[key][targets] = exponents[position : position + targets.size]
+                position += targets.size
+    return found
 
 
 def _usable(value):
@@ -725,8 +965,8 @@ def _choose_scale(variable, layer_scale):
     return None, None
 
 
-def _score(variable, layer_scale):
-    mantissa, exponent = _baseline_distances(variable)
+def _score(variable, layer_scale, distances):
+    mantissa, exponent = distances
     scale, basis = _choose_scale(variable, layer_scale)
     variable.scale, variable.scale_basis = scale, basis
     variable.distance_from_baseline = _finite_list(_ldexp(mantissa["baseline"], exponent["baseline"]))
@@ -932,15 +1172,8 @@ def _evenly_spaced(steps):
 
 def _analyze_run(run, series_list, thresholds, warnings, other_source_count):
     source = series_list[0].source if series_list else metadata.PLUGIN_NAME
-    variables = []
-    for series in series_list:
-        try:
-            if series.source == metadata.PLUGIN_NAME:
-                variables.append(_variable_from_ours(series))
-            else:
-                variables.append(_variable_from_histograms(series))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
+    variables = _build_variables(series_list, warnings)
+    distances = _baseline_distances(variables)
     layers = {}
     for variable in variables:
         layers.setdefault(variable.layer, []).append(variable)
@@ -950,7 +1183,7 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count):
         with_spread = [v for v in members if v.steps and _usable(float(v.distributions.std[0]))]
         layer_scale = float(_driver(with_spread).distributions.std[0]) if with_spread else None
         for variable in members:
-            _score(variable, layer_scale)
+            _score(variable, layer_scale, distances[id(variable)])
     medians = _judge(layers, thresholds)
 
     steps = sorted({step for v in variables for step in v.steps})
@@ -1001,7 +1234,7 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count):
     }
 
 
-def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
+def analyze_series(series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None):
     """Scores and verdicts for series of one or more runs.
 
     Args:
@@ -1013,6 +1246,9 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
         that source.
       skipped: `(run, tag, message)` warnings from `reader.read_series`; they
         go into their run's `warnings`.
+      other_source_counts: optional `{run: count}` of plain histogram series
+        a run also holds but that were not read (`analyze_logdir` reads only
+        the source a run is judged from); they are mentioned in its warnings.
 
     Returns:
       A list of run dicts (the JSON contract in the README), sorted by run.
@@ -1020,6 +1256,7 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
     thresholds = thresholds or Thresholds()
     if source not in SOURCES:
         raise AnalysisError("source must be one of %s, got %r" % (", ".join(SOURCES), source))
+    other_source_counts = other_source_counts or {}
     by_run = {}
     for series in series_list:
         by_run.setdefault(series.run, {}).setdefault(series.source, []).append(series)
@@ -1039,7 +1276,7 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
         else:
             chosen = ours
             if source == "auto":
-                other_count = len(histograms)
+                other_count = len(histograms) + other_source_counts.get(run, 0)
         if not chosen and run not in extra:
             continue
         chosen = sorted(chosen, key=lambda s: s.tag)
@@ -1049,6 +1286,11 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=()):
 
 def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     """Reads every weight series of a logdir and judges it.
+
+    Each run is read only from the source it is judged from (a run with our
+    summaries and Keras's histograms is not read twice), and runs are read
+    and judged in batches (`reader.iter_read_series`), so the memory a call
+    holds is bounded by a batch, not by the logdir.
 
     Args:
       logdir: a `reader.Logdir` (from `reader.open_logdir`, or the plugin's
@@ -1071,13 +1313,10 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     plugins = [metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME]
     if source != "auto":
         plugins = [source]
+    listings = {plugin_name: reader.list_tensors(logdir, plugin_name) for plugin_name in plugins}
     available = set()
-    for plugin_name in plugins:
-        available.update(
-            logdir.provider.list_tensors(
-                logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
-            )
-        )
+    for listing in listings.values():
+        available.update(listing)
     if runs is not None:
         runs = list(dict.fromkeys(runs))
         missing = [run for run in runs if run not in available]
@@ -1090,15 +1329,47 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                     ", ".join(repr(r) for r in sorted(available)) or "none",
                 )
             )
-    series_list, skipped = [], []
-    for plugin_name in plugins:
-        found, warnings = reader.read_series(logdir, plugin_name=plugin_name, runs=runs)
-        series_list.extend(found)
-        skipped.extend(warnings)
-    return {
-        "thresholds": thresholds.to_json(),
-        "runs": analyze_series(series_list, thresholds, source=source, skipped=skipped),
-    }
+    wanted_runs = set(available if runs is None else runs)
+    histogram_listing = listings.get(metadata.HISTOGRAM_PLUGIN_NAME, {})
+    # Which source each run is judged from, decided from the listings.
+    ours_runs, other_counts = set(), {}
+    if metadata.PLUGIN_NAME in listings:
+        readable, _ = reader.wanted_series(listings[metadata.PLUGIN_NAME], metadata.PLUGIN_NAME)
+        ours_runs = {run for run in listings[metadata.PLUGIN_NAME] if run in wanted_runs}
+        if source == "auto":
+            for run in ours_runs:
+                if readable.get(run) and histogram_listing.get(run):
+                    other_counts[run] = len(histogram_listing[run])
+    results = []
+    fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
+    if ours_runs:
+        for series, warnings in reader.iter_read_series(logdir, metadata.PLUGIN_NAME, runs=ours_runs):
+            read_runs = {s.run for s in series}
+            for run, tag, message in warnings:
+                if source == "auto" and run not in read_runs and histogram_listing.get(run):
+                    fallback.setdefault(run, []).append((run, tag, message))
+            kept = [w for w in warnings if w[0] not in fallback]
+            results.extend(
+                analyze_series(series, thresholds, source=source, skipped=kept, other_source_counts=other_counts)
+            )
+    if metadata.HISTOGRAM_PLUGIN_NAME in listings:
+        histogram_runs = {
+            run for run in histogram_listing
+            if run in wanted_runs and (run not in ours_runs or run in fallback)
+        }
+        if histogram_runs:
+            carried = [w for run in sorted(fallback) for w in fallback[run]]
+            for series, warnings in reader.iter_read_series(
+                logdir, metadata.HISTOGRAM_PLUGIN_NAME, runs=histogram_runs
+            ):
+                batch_runs = {s.run for s in series} | {w[0] for w in warnings}
+                mine = [w for w in carried if w[0] in batch_runs]
+                carried = [w for w in carried if w[0] not in batch_runs]
+                results.extend(analyze_series(series, thresholds, source=source, skipped=mine + warnings))
+            if carried:
+                results.extend(analyze_series([], thresholds, source=source, skipped=carried))
+    results.sort(key=lambda entry: entry["run"])
+    return {"thresholds": thresholds.to_json(), "runs": results}
 
 
 def verdicts_of(result):

@@ -10,7 +10,6 @@ the routes with example JSON.
 """
 
 import collections
-import functools
 import json
 import mimetypes
 import os
@@ -124,6 +123,13 @@ def _validate_compare(args):
     _step_parameter(args, "b")
 
 
+def _runs_without_weights(logdir, judged):
+    """Runs TensorBoard lists but nothing was read from: scalars only (Keras's
+    "validation"), or event files the loaders could not parse."""
+    listed = logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id)
+    return sorted({run.run_name for run in listed} - set(judged))
+
+
 def verdicts_impl(logdir, args):
     """Every run's verdicts: the JSON contract of `analysis.analyze_logdir`."""
     thresholds = thresholds_from_args(args)
@@ -135,14 +141,97 @@ def verdicts_impl(logdir, args):
     except analysis.AnalysisError as error:
         raise errors.InvalidArgumentError(str(error)) from None
     if runs is None:
-        # Runs TensorBoard lists but nothing was read from: scalars only (Keras's
-        # "validation"), or event files the loaders could not parse.
-        judged = {run["run"] for run in result["runs"]}
-        listed = logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id)
-        result["runs_without_weights"] = sorted(
-            {run.run_name for run in listed} - judged
-        )
+        result["runs_without_weights"] = _runs_without_weights(logdir, [r["run"] for r in result["runs"]])
     return result
+
+
+def _listings(logdir):
+    return {
+        plugin_name: reader.list_tensors(logdir, plugin_name)
+        for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME)
+    }
+
+
+def run_version(listings, run):
+    """What TensorBoard holds for one run, in brief: each weight series' tag,
+    last step and last wall time. Equal versions mean equal verdicts."""
+    return tuple(
+        (plugin_name, tag, series.max_step, series.max_wall_time)
+        for plugin_name in sorted(listings)
+        for tag, series in sorted(listings[plugin_name].get(run, {}).items())
+    )
+
+
+class RunVerdicts:
+    """Each run's verdicts, computed once per run version and thresholds.
+
+    The tab polls: when one run of many logs a new step, only that run is
+    read and judged again. Entries are stored as JSON bytes in an
+    `AnswerCache`, so a whole answer is put together without judging or
+    parsing again.
+    """
+
+    def __init__(self, cache):
+        self._cache = cache
+
+    @staticmethod
+    def _key(logdir, run, thresholds):
+        return ("run verdicts", logdir.experiment_id, run, tuple(sorted(thresholds.to_json().items())))
+
+    def encoded(self, logdir, runs, thresholds):
+        """`{run: JSON bytes of its entry, or None (no weight data)}` for `runs`."""
+        listings = _listings(logdir)
+        versions = {run: run_version(listings, run) for run in runs}
+        found, missing = {}, []
+        for run in runs:
+            hit = self._cache.peek(self._key(logdir, run, thresholds), versions[run])
+            if hit is None:
+                missing.append(run)
+            else:
+                found[run] = hit
+        if missing:
+            try:
+                result = analysis.analyze_logdir(logdir, runs=missing, thresholds=thresholds)
+            except analysis.UnknownRunError as error:
+                raise errors.NotFoundError(str(error)) from None
+            computed = {entry["run"]: entry for entry in result["runs"]}
+            for run in missing:
+                entry = computed.get(run)
+                value = b"null" if entry is None else json.dumps(entry, allow_nan=False).encode("utf-8")
+                self._cache.put(self._key(logdir, run, thresholds), versions[run], value)
+                found[run] = value
+        return {run: (None if value == b"null" else value) for run, value in found.items()}
+
+    def entry(self, logdir, run, thresholds):
+        """One run's entry as a dict (with no weight data: an empty one)."""
+        value = self.encoded(logdir, [run], thresholds)[run]
+        return json.loads(value) if value is not None else {"warnings": [], "layers": []}
+
+    def verdicts_json(self, logdir, args):
+        """The body of GET /verdicts, as JSON bytes (equal to `verdicts_impl`'s)."""
+        thresholds = thresholds_from_args(args)
+        runs = _runs_from_args(args)
+        listings = _listings(logdir)
+        available = set(listings[metadata.PLUGIN_NAME]) | set(listings[metadata.HISTOGRAM_PLUGIN_NAME])
+        if runs is not None:
+            runs = list(dict.fromkeys(runs))
+            if any(run not in available for run in runs):
+                verdicts_impl(logdir, args)  # raises the NotFoundError naming them
+        wanted = sorted(available if runs is None else runs)
+        encoded = self.encoded(logdir, wanted, thresholds)
+        entries = [encoded[run] for run in sorted(encoded) if encoded[run] is not None]
+        parts = [
+            b'{"thresholds": ',
+            json.dumps(thresholds.to_json(), allow_nan=False).encode("utf-8"),
+            b', "runs": [',
+            b", ".join(entries),
+            b"]",
+        ]
+        if runs is None:
+            judged = [run for run in sorted(encoded) if encoded[run] is not None]
+            parts += [b', "runs_without_weights": ', json.dumps(_runs_without_weights(logdir, judged)).encode("utf-8")]
+        parts.append(b"}")
+        return b"".join(parts)
 
 
 def _find_series(logdir, run, tag):
@@ -284,15 +373,11 @@ def runs_impl(logdir):
 def data_version(logdir):
     """What TensorBoard holds, in brief: every weight series' run, tag, last step
     and last wall time, and the runs it lists. Equal versions mean equal answers."""
-    version = []
-    for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME):
-        listing = logdir.provider.list_tensors(
-            logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
-        )
-        for run in sorted(listing):
-            for tag in sorted(listing[run]):
-                series = listing[run][tag]
-                version.append((plugin_name, run, tag, series.max_step, series.max_wall_time))
+    listings = _listings(logdir)
+    version = [
+        (run,) + run_version(listings, run)
+        for run in sorted(set(listings[metadata.PLUGIN_NAME]) | set(listings[metadata.HISTOGRAM_PLUGIN_NAME]))
+    ]
     runs = logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id)
     version.append(tuple(sorted(run.run_name for run in runs)))
     return tuple(version)
@@ -330,16 +415,32 @@ class AnswerCache:
                         self._key_locks.pop(key, None)
                 raise
             with self._lock:
-                previous = self._entries.pop(key, None)
-                if previous is not None:
-                    self._bytes -= len(previous[1])
-                self._entries[key] = (version, value)
-                self._bytes += len(value)
-                while self._bytes > self._max_bytes and len(self._entries) > 1:
-                    evicted, (_, evicted_value) = self._entries.popitem(last=False)
-                    self._bytes -= len(evicted_value)
-                    self._key_locks.pop(evicted, None)
+                self._store(key, version, value)
             return value
+
+    def peek(self, key, version):
+        """The stored value of `key` if it is of `version`, else None (no computing)."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] == version:
+                self._entries.move_to_end(key)
+                return hit[1]
+        return None
+
+    def put(self, key, version, value):
+        with self._lock:
+            self._store(key, version, value)
+
+    def _store(self, key, version, value):
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self._bytes -= len(previous[1])
+        self._entries[key] = (version, value)
+        self._bytes += len(value)
+        while self._bytes > self._max_bytes and len(self._entries) > 1:
+            evicted, (_, evicted_value) = self._entries.popitem(last=False)
+            self._bytes -= len(evicted_value)
+            self._key_locks.pop(evicted, None)
 
     def __len__(self):
         return len(self._entries)
@@ -353,19 +454,17 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
     def __init__(self, context):
         self._data_provider = context.data_provider
         self._cache = AnswerCache()
+        self._run_verdicts = RunVerdicts(self._cache)
 
     def get_plugin_apps(self):
         return {
             "/index.js": self._serve_index,
             "/static/*": self._serve_static,
             "/runs": self._json_route(lambda logdir, args: runs_impl(logdir)),
-            "/verdicts": self._json_route(verdicts_impl, _validate_verdicts),
+            "/verdicts": self._json_route(self._run_verdicts.verdicts_json, _validate_verdicts, encoded=True),
             "/variable": self._json_route(
-                lambda logdir, args, version: variable_impl(
-                    logdir, args, judge=functools.partial(self._judge_run_cached, version=version)
-                ),
+                lambda logdir, args: variable_impl(logdir, args, judge=self._run_verdicts.entry),
                 _validate_variable,
-                needs_version=True,
             ),
             "/compare": self._json_route(compare_impl, _validate_compare),
         }
@@ -383,13 +482,14 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
 
     def _logdir(self, request):
         return reader.Logdir(
-            provider=self._data_provider,
+            # Each listing once per request: every one is a round trip to the data server.
+            provider=reader.ListingMemo(self._data_provider),
             loader="tensorboard",
             experiment_id=plugin_util.experiment_id(request.environ),
             ctx=plugin_util.context(request.environ),
         )
 
-    def _json_route(self, impl, validate=None, needs_version=False):
+    def _json_route(self, impl, validate=None, encoded=False):
         @wrappers.Request.application
         def route(request):
             if validate is not None:
@@ -402,19 +502,12 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             version = data_version(logdir)
 
             def compute():
-                body = impl(logdir, request.args, version) if needs_version else impl(logdir, request.args)
-                return json.dumps(body, allow_nan=False).encode("utf-8")
+                body = impl(logdir, request.args)
+                return body if encoded else json.dumps(body, allow_nan=False).encode("utf-8")
 
             return http_util.Respond(request, self._cache.get(key, version, compute), "application/json")
 
         return route
-
-    def _judge_run_cached(self, logdir, run, thresholds, version):
-        key = ("judged run", logdir.experiment_id, run, tuple(sorted(thresholds.to_json().items())))
-        encoded = self._cache.get(
-            key, version, lambda: json.dumps(judge_run(logdir, run, thresholds), allow_nan=False).encode("utf-8")
-        )
-        return json.loads(encoded)
 
     @wrappers.Request.application
     def _serve_index(self, request):

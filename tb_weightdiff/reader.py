@@ -30,6 +30,15 @@ ALL_SAMPLES = 1 << 30
 
 LOADERS = ("auto", "rust", "python")
 
+# Tensors asked for per `read_tensors` call. TensorBoard's channel to its data
+# server accepts answers up to 256 MiB: 50,000 of our summaries are ~75 MB,
+# 50,000 30-bucket histograms ~40 MB. Reading in such batches also bounds the
+# memory one request holds. The count per series is estimated from the
+# listing as min(last step + 1, _POINTS_PER_SERIES_ESTIMATE); an answer that
+# is still too large is read again in halves.
+READ_BUDGET = 50_000
+_POINTS_PER_SERIES_ESTIMATE = 500
+
 
 class LogdirError(ValueError):
     """The logdir cannot be read (missing, not a directory, no data server)."""
@@ -45,6 +54,56 @@ class Logdir:
     ctx: object = dataclasses.field(default_factory=tb_context.RequestContext)
 
 
+class ListingMemo:
+    """A data provider whose listings are fetched once.
+
+    Every listing is a round trip to TensorBoard's data server (~40 ms there,
+    however small the logdir), and one request of the tab needs the same
+    listings several times (its data version, which source each run is
+    judged from, what to read). The plugin wraps TensorBoard's provider in one
+    of these per request; a logdir the CLI opened does not change, so it keeps
+    one for good. Everything else is passed through.
+    """
+
+    def __init__(self, provider):
+        self._provider = provider
+        self._listings = {}
+        self._lock = threading.Lock()
+
+    def _listed(self, key, fetch):
+        with self._lock:
+            if key in self._listings:
+                return self._listings[key]
+        value = fetch()
+        with self._lock:
+            return self._listings.setdefault(key, value)
+
+    def list_tensors(self, ctx, *, experiment_id, plugin_name, run_tag_filter=None):
+        if run_tag_filter is not None:
+            return self._provider.list_tensors(
+                ctx, experiment_id=experiment_id, plugin_name=plugin_name, run_tag_filter=run_tag_filter
+            )
+        return self._listed(
+            ("tensors", experiment_id, plugin_name),
+            lambda: self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=plugin_name),
+        )
+
+    def list_runs(self, ctx, *, experiment_id):
+        return self._listed(
+            ("runs", experiment_id), lambda: self._provider.list_runs(ctx, experiment_id=experiment_id)
+        )
+
+    def __getattr__(self, name):
+        return getattr(self._provider, name)
+
+
+def list_tensors(logdir, plugin_name):
+    """`{run: {tag: TensorTimeSeries}}` of one plugin (one listing call)."""
+    return logdir.provider.list_tensors(
+        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
+    )
+
+
 @dataclasses.dataclass
 class Series:
     """One weight tensor's time series, decoded.
@@ -55,6 +114,9 @@ class Series:
       summaries: for our own plugin, `metadata.WeightSummary` per step;
         for plain histograms, `[k, 3]` float64 arrays per step.
       source: `metadata.PLUGIN_NAME` or `metadata.HISTOGRAM_PLUGIN_NAME`.
+      table: for our own plugin, optionally the `[steps, length]` float64
+        array of the stored tensors, row by row (`metadata.decode_series`);
+        the analysis reads its columns directly.
     """
 
     run: str
@@ -62,6 +124,7 @@ class Series:
     source: str
     steps: list
     summaries: list
+    table: object = None
 
 
 def _wait_for_rust_load(process, stderr_lines, timeout):
@@ -129,7 +192,9 @@ def _open_rust(logdir, timeout):
             options.append(("grpc.max_receive_message_length", 1 << 30))
             with grpc.secure_channel(address, credentials, options=options) as channel:
                 stub = grpc_provider.make_stub(channel)
-                yield Logdir(grpc_provider.GrpcDataProvider(address, stub), "rust")
+                provider = grpc_provider.GrpcDataProvider(address, stub)
+                # Loaded once (--reload=once): its listings never change.
+                yield Logdir(ListingMemo(provider), "rust")
         finally:
             process.stdin.close()
             try:
@@ -154,7 +219,8 @@ def _open_python(logdir):
     )
     multiplexer.AddRunsFromDirectory(logdir)
     multiplexer.Reload()
-    yield Logdir(data_provider.MultiplexerDataProvider(multiplexer, logdir), "python")
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    yield Logdir(ListingMemo(provider), "python")  # loaded once: listings never change
 
 
 @contextlib.contextmanager
@@ -194,17 +260,6 @@ def open_logdir(logdir, loader="auto", timeout=300):
         yield opened
 
 
-def _decode_tensor_series(plugin_name, datum_list):
-    steps, summaries = [], []
-    for datum in datum_list:
-        if plugin_name == metadata.PLUGIN_NAME:
-            summaries.append(metadata.decode(datum.numpy))
-        else:
-            summaries.append(datum.numpy)
-        steps.append(int(datum.step))
-    return steps, summaries
-
-
 def drop_orphaned_steps(steps, summaries):
     """Applies a restarted job's steps the way TensorBoard's data server does.
 
@@ -229,6 +284,106 @@ def drop_orphaned_steps(steps, summaries):
     return kept_steps, kept, restarts
 
 
+def wanted_series(listing, plugin_name, runs=None, tags=None):
+    """Which series of a listing can be read: `({run: [tag]}, warnings)`.
+
+    Our own series whose metadata names a format version this package does
+    not know are left out, each with a `(run, tag, "skipped: ...")` warning.
+    """
+    warnings = []
+    wanted = {}
+    for run, run_tags in listing.items():
+        if runs is not None and run not in runs:
+            continue
+        for tag, time_series in run_tags.items():
+            if tags is not None and tag not in tags:
+                continue
+            if plugin_name == metadata.PLUGIN_NAME:
+                try:
+                    metadata.parse_plugin_metadata(time_series.plugin_content)
+                except ValueError as error:
+                    warnings.append((run, tag, "skipped: %s" % error))
+                    logger.warning("Skipping %s/%s: %s", run, tag, error)
+                    continue
+            wanted.setdefault(run, []).append(tag)
+    return wanted, warnings
+
+
+def _estimated_points(time_series):
+    return max(1, min(int(time_series.max_step) + 1, _POINTS_PER_SERIES_ESTIMATE))
+
+
+def read_batches(listing, wanted, budget=None):
+    """Splits `{run: [tag]}` into `[(runs, tags)]` reads of about `budget` tensors.
+
+    Whole runs are grouped while they fit; a run larger than the budget is
+    read alone, its tags split into several reads. Each read's `tags` is
+    the union of its runs' tags (TensorBoard filters runs x tags).
+    """
+    budget = budget or READ_BUDGET
+    batches, group, group_tags, size = [], [], set(), 0
+    for run in sorted(wanted):
+        run_tags = sorted(wanted[run])
+        run_size = sum(_estimated_points(listing[run][tag]) for tag in run_tags)
+        if run_size > budget:
+            chunk, chunk_size = [], 0
+            for tag in run_tags:
+                points = _estimated_points(listing[run][tag])
+                if chunk and chunk_size + points > budget:
+                    batches.append(([run], chunk))
+                    chunk, chunk_size = [], 0
+                chunk.append(tag)
+                chunk_size += points
+            if chunk:
+                batches.append(([run], chunk))
+            continue
+        if group and size + run_size > budget:
+            batches.append((group, sorted(group_tags)))
+            group, group_tags, size = [], set(), 0
+        group.append(run)
+        group_tags.update(run_tags)
+        size += run_size
+    if group:
+        batches.append((group, sorted(group_tags)))
+    return batches
+
+
+def _too_large(error):
+    """Whether `error` is gRPC's answer to a message over the channel's limit."""
+    code = getattr(error, "code", None)
+    try:
+        return callable(code) and getattr(code(), "name", "") == "RESOURCE_EXHAUSTED"
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def _read(logdir, plugin_name, runs, tags):
+    """One `read_tensors` of `runs` x `tags`; an answer too large is read again in halves."""
+    from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
+
+    try:
+        return logdir.provider.read_tensors(
+            logdir.ctx,
+            experiment_id=logdir.experiment_id,
+            plugin_name=plugin_name,
+            downsample=ALL_SAMPLES,
+            run_tag_filter=provider_lib.RunTagFilter(runs=list(runs), tags=list(tags)),
+        )
+    except Exception as error:  # pylint: disable=broad-except
+        if not _too_large(error) or (len(runs) == 1 and len(tags) == 1):
+            raise
+        logger.info("read of %d runs x %d tags too large; reading it in halves", len(runs), len(tags))
+        if len(runs) > 1:
+            halves = [(runs[: len(runs) // 2], tags), (runs[len(runs) // 2 :], tags)]
+        else:
+            halves = [(runs, tags[: len(tags) // 2]), (runs, tags[len(tags) // 2 :])]
+        result = {}
+        for half_runs, half_tags in halves:
+            for run, series in _read(logdir, plugin_name, half_runs, half_tags).items():
+                result.setdefault(run, {}).update(series)
+        return result
+
+
 def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):
     """Reads every weight series of one plugin, decoded.
 
@@ -246,53 +401,65 @@ def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):
       malformed tensor; the message starts with "skipped:") and one note per
       run whose steps went back.
     """
-    provider, ctx, experiment_id = logdir.provider, logdir.ctx, logdir.experiment_id
-    listing = provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=plugin_name)
-    warnings = []
-    wanted = {}
-    for run, run_tags in listing.items():
-        if runs is not None and run not in runs:
-            continue
-        for tag, time_series in run_tags.items():
-            if tags is not None and tag not in tags:
-                continue
-            if plugin_name == metadata.PLUGIN_NAME:
-                try:
-                    metadata.parse_plugin_metadata(time_series.plugin_content)
-                except ValueError as error:
-                    warnings.append((run, tag, "skipped: %s" % error))
-                    logger.warning("Skipping %s/%s: %s", run, tag, error)
-                    continue
-            wanted.setdefault(run, []).append(tag)
-    series = []
-    restarted = {}
-    if not wanted:
-        return series, warnings
-    from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
+    series, warnings = [], []
+    for batch in iter_read_series(logdir, plugin_name, runs=runs, tags=tags):
+        series.extend(batch[0])
+        warnings.extend(batch[1])
+    return series, warnings
 
-    data = provider.read_tensors(
-        ctx,
-        experiment_id=experiment_id,
-        plugin_name=plugin_name,
-        downsample=ALL_SAMPLES,
-        run_tag_filter=provider_lib.RunTagFilter(
-            runs=list(wanted), tags=sorted({t for tags in wanted.values() for t in tags})
-        ),
-    )
+
+def iter_read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None, budget=None):
+    """`read_series` in batches of whole runs: yields `(series, warnings)` per batch.
+
+    A run is never split across two batches (a run larger than the budget
+    is read in several calls, then yielded whole), so each batch can be
+    judged and dropped before the next is read.
+    """
+    listing = list_tensors(logdir, plugin_name)
+    wanted, listing_warnings = wanted_series(listing, plugin_name, runs=runs, tags=tags)
+    pending_warnings = list(listing_warnings)
+    reads = read_batches(listing, wanted, budget)
+    index = 0
+    while index < len(reads):
+        data = {}
+        batch_runs = reads[index][0]
+        # A run split by tags: gather all its reads before decoding.
+        while index < len(reads) and reads[index][0] == batch_runs:
+            for run, run_data in _read(logdir, plugin_name, *reads[index]).items():
+                data.setdefault(run, {}).update(run_data)
+            index += 1
+            if len(batch_runs) > 1:
+                break
+        batch_warnings = [w for w in pending_warnings if w[0] in batch_runs]
+        pending_warnings = [w for w in pending_warnings if w[0] not in batch_runs]
+        series, decode_warnings = _decode_runs(plugin_name, data, wanted)
+        yield series, batch_warnings + decode_warnings
+    if pending_warnings:  # runs with nothing readable
+        yield [], pending_warnings
+
+
+def _decode_runs(plugin_name, data, wanted):
+    series, warnings = [], []
+    restarted = {}
     for run in sorted(data):
         for tag in sorted(data[run]):
             if tag not in wanted.get(run, ()):
                 continue
-            try:
-                steps, summaries = _decode_tensor_series(plugin_name, data[run][tag])
-            except ValueError as error:
-                warnings.append((run, tag, "skipped: %s" % error))
-                logger.warning("Skipping %s/%s: %s", run, tag, error)
-                continue
-            steps, summaries, restarts = drop_orphaned_steps(steps, summaries)
+            data_list = data[run][tag]
+            steps, values, restarts = drop_orphaned_steps(
+                [int(datum.step) for datum in data_list], [datum.numpy for datum in data_list]
+            )
+            table = None
+            if plugin_name == metadata.PLUGIN_NAME:
+                try:
+                    values, table = metadata.decode_series(values)
+                except ValueError as error:
+                    warnings.append((run, tag, "skipped: %s" % error))
+                    logger.warning("Skipping %s/%s: %s", run, tag, error)
+                    continue
             if restarts:
                 restarted.setdefault(run, []).append((tag, restarts))
-            series.append(Series(run, tag, plugin_name, steps, summaries))
+            series.append(Series(run, tag, plugin_name, steps, values, table))
     for run, affected in restarted.items():
         tag, restarts = affected[0]
         others = len(affected) - 1
@@ -311,4 +478,3 @@ def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):
             )
         )
     return series, warnings
-

@@ -65,3 +65,37 @@ def test_encode_decode_round_trip():
 def test_decode_rejects_malformed_tensors(values, message):
     with pytest.raises(ValueError, match=message):
         metadata.decode(values)
+
+
+def _stored(seed, buckets):
+    from tb_weightdiff import summary
+
+    rng = np.random.default_rng(seed)
+    return summary.weight_statistics(rng.standard_normal(100).astype(np.float32), buckets=buckets)
+
+
+@pytest.mark.parametrize("bucket_counts", [(30, 30, 30), (30, 10, 30), (0,)])
+def test_decode_series_gives_what_decode_gives(bucket_counts):
+    stored = [_stored(seed, buckets) for seed, buckets in enumerate(bucket_counts)]
+    summaries, table = metadata.decode_series(stored)
+    assert len(summaries) == len(stored)
+    assert (table is not None) == (len(set(bucket_counts)) == 1)
+    if table is not None:
+        np.testing.assert_array_equal(table, np.stack(stored))
+    for got, values in zip(summaries, stored):
+        expected = metadata.decode(values)
+        assert list(got.stats) == list(expected.stats)
+        np.testing.assert_array_equal(list(got.stats.values()), list(expected.stats.values()))
+        np.testing.assert_array_equal(got.quantiles, expected.quantiles)
+        np.testing.assert_array_equal(got.histogram, expected.histogram)
+    assert len(summaries[1:]) == len(stored) - 1
+
+
+def test_decode_series_rejects_what_decode_rejects():
+    good = _stored(0, 30)
+    with pytest.raises(ValueError, match="length"):
+        metadata.decode_series([good, good[:-1]])
+    with pytest.raises(ValueError, match="rank"):
+        metadata.decode_series([good.reshape(1, -1), good.reshape(1, -1)])
+    with pytest.raises(ValueError, match="dtype"):
+        metadata.decode_series([good.astype(np.int64)])
