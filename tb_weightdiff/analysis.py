@@ -665,6 +665,35 @@ def _finite_list(values):
     return [v if math.isfinite(v) else None for v in floats]
 
 
+# Significant digits of the per-step lists in the JSON (what the heatmap,
+# sparklines and charts draw). Verdicts and the scalar scores are computed,
+# and reported, at full precision; with 7 digits a logdir's answer takes
+# about 60 % of the bytes (38.6 MB for 20 runs x 100 tensors x 200 steps before).
+DISPLAY_DIGITS = 7
+
+
+def _display_list(values):
+    """`_finite_list` of per-step values rounded to `DISPLAY_DIGITS` significant digits.
+
+    m / 10**k with an integer m and an exact power of ten (k <= 22) is the
+    double nearest the decimal, so JSON writes the short decimal. Values
+    below 1e-17 or above 1e22 keep every digit.
+    """
+    array = np.array(values, dtype=np.float64)  # None -> NaN
+    with np.errstate(all="ignore"):
+        power = (DISPLAY_DIGITS - 1) - np.floor(np.log10(np.abs(array)))
+        finite = np.isfinite(array) & np.isfinite(power)
+        small = finite & (power >= 0) & (power <= 22)
+        large = finite & (power < 0) & (power >= -22)
+        if small.any():
+            scale = 10.0 ** power[small]
+            array[small] = np.round(array[small] * scale) / scale
+        if large.any():
+            scale = 10.0 ** -power[large]
+            array[large] = np.round(array[large] / scale) * scale
+    return _finite_list(array)
+
+
 @dataclasses.dataclass
 class _Variable:
     """Everything the verdicts need about one series (one weight tensor)."""
@@ -1083,16 +1112,16 @@ def _variable_json(variable):
         "ratio_to_median": _finite(variable.ratio_to_median),
         "shift": _at_last_step(variable.shift_from_baseline),
         "max_shift": _finite(max([s for s in variable.shift_from_baseline if s is not None], default=None)),
-        "shift_from_baseline": variable.shift_from_baseline,
-        "per_step_shift": variable.per_step_shift,
-        "distance_from_baseline": variable.distance_from_baseline,
+        "shift_from_baseline": _display_list(variable.shift_from_baseline),
+        "per_step_shift": _display_list(variable.per_step_shift),
+        "distance_from_baseline": _display_list(variable.distance_from_baseline),
         "scale": _finite(variable.scale),
         "scale_basis": variable.scale_basis,
         "relative_change": _at_last_step(variable.relative_change) if ours else None,
         "cosine_distance": _at_last_step(variable.cosine_distance) if ours else None,
         "reference_distance": _at_last_step(variable.reference_distance) if ours else None,
-        "relative_change_by_step": _finite_list(variable.relative_change) if ours else None,
-        "cosine_distance_by_step": _finite_list(variable.cosine_distance) if ours else None,
+        "relative_change_by_step": _display_list(variable.relative_change) if ours else None,
+        "cosine_distance_by_step": _display_list(variable.cosine_distance) if ours else None,
     }
 
 
