@@ -28,23 +28,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "demo"))
 
 from make_logdir import make_logdir  # noqa: E402
+from common import peak_rss_kb  # noqa: E402
 from screenshots import start_tensorboard  # noqa: E402
-
-
-def peak_rss_kb(pid):
-    """VmHWM of a process and of its children (TensorBoard's data server), in kB."""
-    result = {}
-    try:
-        with open("/proc/%d/status" % pid) as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    result[pid] = int(line.split()[1])
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
-            for child in handle.read().split():
-                result.update(peak_rss_kb(int(child)))
-    except OSError:
-        pass
-    return result
 
 
 def fetch(url, timeout=120):

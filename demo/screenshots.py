@@ -21,14 +21,23 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
                   "--disable-component-update", "--disable-sync"]
 
 
-def start_tensorboard(logdir, log_file):
+def start_tensorboard(logdir, log_file, extra_args=None, timeout=90):
+    """Starts `tensorboard --logdir` on a free loopback port; returns `(process, url)`.
+
+    Its output goes to `log_file`. By default it keeps every sample of our
+    summaries and of histograms; `extra_args` replaces that default.
+    """
     executable = shutil.which("tensorboard", path=os.path.dirname(sys.executable)) or shutil.which("tensorboard")
+    if not executable:
+        raise RuntimeError("the tensorboard command is not installed")
+    if extra_args is None:
+        # TensorBoard 2.21 wants 0 ("keep every sample"), not "all".
+        extra_args = ["--samples_per_plugin", "tb_weightdiff=0,histograms=0"]
     process = subprocess.Popen(
-        [executable, "--logdir", logdir, "--host", "127.0.0.1", "--port", "0",
-         "--samples_per_plugin", "tb_weightdiff=0,histograms=0"],
+        [executable, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0", *extra_args],
         stdout=log_file, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log_file.seek(0)
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", log_file.read())
@@ -36,10 +45,11 @@ def start_tensorboard(logdir, log_file):
             return process, "http://127.0.0.1:%s" % match.group(1)
         if process.poll() is not None:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     process.kill()
+    process.wait()
     log_file.seek(0)
-    raise SystemExit("tensorboard did not start:\n" + log_file.read())
+    raise RuntimeError("tensorboard did not start:\n" + log_file.read())
 
 
 def plugin_frame(page):
@@ -62,7 +72,10 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryFile("w+") as log_file:
-        process, url = start_tensorboard(args.logdir, log_file)
+        try:
+            process, url = start_tensorboard(args.logdir, log_file)
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)

@@ -1,0 +1,160 @@
+"""Benchmark 3: the verdicts of a whole logdir, against TensorBoard's own histogram route and a raw read.
+
+  python benchmarks/bench_logdir.py [--mode smoke|quick|default|full]
+
+A logdir of Keras-style weight histograms (`make_logdir.py --source
+histograms`: 5 runs x 40 tensors x 100 epochs; with --mode full also 20 x
+100 x 200) is served by a real `tensorboard --samples_per_plugin
+histograms=0,tb_weightdiff=0` (Rust data server). Measured in that process:
+
+- ours: one GET /data/plugin/tb_weightdiff/verdicts, which reads every
+  series and judges every layer of every run. The plugin keeps each run's
+  verdicts per data version and thresholds, so each timed request carries
+  thresholds of its own (as the tab's threshold form sends them) and is
+  judged afresh (the median of several); the first request after start-up
+  and a repeated, cached one are reported too;
+- peer 1: what the Histograms tab does to show them all: GET
+  /data/plugin/histograms/histograms?run=..&tag=.. for every series, one
+  after another;
+- peer 2: the data provider's raw batched read: `read_tensors` of every run
+  and tag in one call, through TensorBoard's Rust data server
+  (`tb_weightdiff.reader.open_logdir(loader="rust")`), in this process.
+
+The same is measured on our own summaries (`--source tb_weightdiff`, what
+`WeightDiffCallback` writes) against the raw read.
+"""
+
+import argparse
+import os
+import sys
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+BENCH = "3 logdir"
+
+SIZES = {
+    "smoke": [(2, 4, 5)],
+    "quick": [(5, 40, 100)],
+    "default": [(5, 40, 100)],
+    "full": [(5, 40, 100), (20, 100, 200)],
+}
+
+
+def raw_read_seconds(path, plugin_name, repeats):
+    """Median seconds of one batched `read_tensors` of every run and tag (Rust data server)."""
+    # pylint: disable=import-outside-toplevel
+    from tensorboard.data import provider as provider_lib
+
+    from tb_weightdiff import reader
+
+    with reader.open_logdir(path, loader="rust") as logdir:
+        listing = logdir.provider.list_tensors(logdir.ctx, experiment_id="", plugin_name=plugin_name)
+        run_tag_filter = provider_lib.RunTagFilter(
+            runs=sorted(listing), tags=sorted({tag for tags in listing.values() for tag in tags})
+        )
+        count = {}
+
+        def read():
+            data = logdir.provider.read_tensors(
+                logdir.ctx, experiment_id="", plugin_name=plugin_name,
+                downsample=reader.ALL_SAMPLES, run_tag_filter=run_tag_filter,
+            )
+            count["tensors"] = sum(len(points) for tags in data.values() for points in tags.values())
+
+        times = common.interleaved({"read": read}, repeats)
+    return times["read"], count["tensors"]
+
+
+def histogram_loop_seconds(server):
+    """Seconds to fetch every series through TensorBoard's Histograms route, one after another."""
+    tags = server.get_json("/data/plugin/histograms/tags")
+    pairs = [(run, tag) for run in sorted(tags) for tag in sorted(tags[run])]
+    started = time.perf_counter()
+    size = 0
+    for run, tag in pairs:
+        status, body, _ = server.get("/data/plugin/histograms/histograms?" + urllib.parse.urlencode({"run": run, "tag": tag}))
+        if status != 200:
+            raise RuntimeError("histograms route: %s %s" % (status, body[:200]))
+        size += len(body)
+    return time.perf_counter() - started, len(pairs), size
+
+
+def get_verdicts(server, query=""):
+    status, body, seconds = server.get("/data/plugin/tb_weightdiff/verdicts" + query)
+    if status != 200:
+        raise RuntimeError("HTTP %s" % status)
+    return seconds, len(body)
+
+
+def measure(runs, tensors, steps, mode, source="histograms"):
+    rows = []
+    size = "%d runs x %d tensors x %d steps" % (runs, tensors, steps)
+    label = "Keras-style histograms" if source == "histograms" else "our summaries"
+    path = common.benchmark_logdir(runs, tensors, steps, source=source)
+    large = runs * tensors * steps > 100_000
+    repeats = 2 if large else {"smoke": 2, "quick": 3, "default": 7, "full": 7}[mode]
+    loops = 1 if (large or mode in ("smoke", "quick")) else 2
+    with common.TensorBoard(path) as server:
+        server.wait_for_data(runs, steps - 1)
+        first = get_verdicts(server)[0]
+        cached = get_verdicts(server)[0]
+        # The plugin keeps each run's verdicts per data version and thresholds;
+        # new thresholds (what the tab's threshold form sends) judge every run
+        # again, so each timed request carries thresholds of its own.
+        uncached = []
+        body_size = 0
+        for index in range(repeats):
+            seconds, body_size = get_verdicts(server, "?min_shift=%.12g" % (1e-3 * (1 + (index + 1) * 1e-9)))
+            uncached.append(seconds)
+        uncached = common.median(uncached)
+        loop = None
+        if source == "histograms":
+            loop_times = []
+            for _ in range(loops):
+                seconds, series, loop_bytes = histogram_loop_seconds(server)
+                loop_times.append(seconds)
+            loop = common.median(loop_times)
+    raw, tensors_read = raw_read_seconds(path, source, 2 if large else repeats)
+    figure = "GET /verdicts, %s, %s" % (size, label)
+    if loop is not None:
+        rows.append(common.row(
+            BENCH, figure + " vs the Histograms route for every series", uncached * 1e3, loop * 1e3,
+            peer_name="%d GETs /histograms" % series, limit=0.05,
+            note="%d series, %.1f MB of histogram JSON vs %.1f MB of verdicts" % (series, loop_bytes / 1e6, body_size / 1e6),
+        ))
+    rows.append(common.row(
+        BENCH, figure + " vs one raw read_tensors", uncached * 1e3, raw * 1e3,
+        peer_name="read_tensors (%d tensors)" % tensors_read, limit=2.0,
+    ))
+    rows.append(common.row(
+        BENCH, "  first GET /verdicts after start-up, %s" % size, first * 1e3, raw * 1e3,
+        peer_name="read_tensors", note="includes the first use of TensorBoard's gRPC channel and numpy's lazy imports",
+    ))
+    rows.append(common.row(
+        BENCH, "  repeated GET /verdicts (answer cache), %s" % size, cached * 1e3, raw * 1e3,
+        peer_name="read_tensors",
+    ))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    rows = []
+    for runs, tensors, steps in SIZES[args.mode]:
+        print("== %d runs x %d tensors x %d steps" % (runs, tensors, steps), flush=True)
+        first = (runs, tensors, steps) == SIZES[args.mode][0]
+        rows.extend(measure(runs, tensors, steps, args.mode, "histograms"))
+        if first and args.mode != "smoke":
+            rows.extend(measure(runs, tensors, steps, args.mode, "tb_weightdiff"))
+    common.emit(rows, args.rows_out, args.mode)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
