@@ -108,7 +108,7 @@ def measure(runs, tensors, steps, mode, source="histograms"):
         uncached = []
         body_size = 0
         for index in range(repeats):
-            seconds, body_size = get_verdicts(server, "?min_shift=%.12g" % (1e-3 * (1 + (index + 1) * 1e-9)))
+            seconds, body_size = get_verdicts(server, common.fresh_verdicts_query(index))
             uncached.append(seconds)
         uncached = common.median(uncached)
         loop = None

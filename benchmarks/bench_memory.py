@@ -152,7 +152,7 @@ def tensorboard_rows(mode):
         idle = total_mb(server)
         for index in range(requests):
             # New thresholds each time: every run judged afresh (see bench_logdir.py).
-            status, body, _ = server.get("/data/plugin/tb_weightdiff/verdicts?min_shift=%.12g" % (1e-3 * (1 + (index + 1) * 1e-9)))
+            status, body, _ = server.get("/data/plugin/tb_weightdiff/verdicts" + common.fresh_verdicts_query(index))
             if status != 200:
                 raise RuntimeError("verdicts: %s %s" % (status, body[:200]))
         ours = total_mb(server)

@@ -323,6 +323,16 @@ class TensorBoard:
 # -- logdirs --------------------------------------------------------------------
 
 
+def fresh_verdicts_query(index):
+    """A GET /verdicts query no earlier request made: thresholds of its own.
+
+    The plugin keeps each run's verdicts per data version and thresholds, so
+    new thresholds (what the tab's threshold form sends) make it read and
+    judge every run again; these differ from the defaults by parts per billion.
+    """
+    return "?min_shift=%.12g" % (1e-3 * (1 + (index + 1) * 1e-9))
+
+
 def benchmark_logdir(runs, tensors, steps, source="histograms"):
     """A logdir written by `make_logdir.py` (cached in CACHE_DIR); returns its path."""
     sys.path.insert(0, HERE)

@@ -1361,14 +1361,11 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     wanted_runs = set(available if runs is None else runs)
     histogram_listing = listings.get(metadata.HISTOGRAM_PLUGIN_NAME, {})
     # Which source each run is judged from, decided from the listings.
-    ours_runs, other_counts = set(), {}
-    if metadata.PLUGIN_NAME in listings:
-        readable, _ = reader.wanted_series(listings[metadata.PLUGIN_NAME], metadata.PLUGIN_NAME)
-        ours_runs = {run for run in listings[metadata.PLUGIN_NAME] if run in wanted_runs}
-        if source == "auto":
-            for run in ours_runs:
-                if readable.get(run) and histogram_listing.get(run):
-                    other_counts[run] = len(histogram_listing[run])
+    # A run with our summaries is judged from them; its histograms are only
+    # counted (analyze_series ignores the count when none of ours was readable
+    # and the run falls back to its histograms below).
+    ours_runs = {run for run in listings.get(metadata.PLUGIN_NAME, {}) if run in wanted_runs}
+    other_counts = {run: len(histogram_listing[run]) for run in ours_runs if histogram_listing.get(run)}
     results = []
     fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
     if ours_runs:

@@ -232,11 +232,12 @@ def decode_series(values_list):
     """
     arrays = [np.asarray(values) for values in values_list]
     sizes = {array.size for array in arrays}
+    length = sizes.pop() if len(sizes) == 1 else None
     uniform = (
-        len(sizes) == 1
+        length is not None
+        and length >= _HEADER_LENGTH
+        and (length - _HEADER_LENGTH) % 3 == 0
         and all(array.ndim == 1 and array.dtype.kind == "f" for array in arrays)
-        and sizes.pop() >= _HEADER_LENGTH
-        and (arrays[0].size - _HEADER_LENGTH) % 3 == 0
     )
     if not uniform:
         return [decode(array) for array in arrays], None

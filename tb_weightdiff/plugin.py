@@ -211,13 +211,11 @@ class RunVerdicts:
         """The body of GET /verdicts, as JSON bytes (equal to `verdicts_impl`'s)."""
         thresholds = thresholds_from_args(args)
         runs = _runs_from_args(args)
-        listings = _listings(logdir)
-        available = set(listings[metadata.PLUGIN_NAME]) | set(listings[metadata.HISTOGRAM_PLUGIN_NAME])
-        if runs is not None:
-            runs = list(dict.fromkeys(runs))
-            if any(run not in available for run in runs):
-                verdicts_impl(logdir, args)  # raises the NotFoundError naming them
-        wanted = sorted(available if runs is None else runs)
+        if runs is None:
+            listings = _listings(logdir)
+            wanted = sorted(set(listings[metadata.PLUGIN_NAME]) | set(listings[metadata.HISTOGRAM_PLUGIN_NAME]))
+        else:
+            wanted = sorted(set(runs))  # an unknown run: `encoded` raises the 404 naming it
         encoded = self.encoded(logdir, wanted, thresholds)
         entries = [encoded[run] for run in sorted(encoded) if encoded[run] is not None]
         parts = [
