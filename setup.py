@@ -21,10 +21,9 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # The frontend lives in frontend/ and is installed as the package's static files.
-    packages=["tb_weightdiff", "tb_weightdiff.static"],
-    package_dir={"tb_weightdiff.static": "frontend"},
-    package_data={"tb_weightdiff.static": ["*.js", "*.css", "*.svg", "LICENSE*"]},
+    packages=["tb_weightdiff"],
+    # The tab's ES modules and CSS, served as they are (no build step), and the route docs.
+    package_data={"tb_weightdiff": ["frontend/*.js", "frontend/*.css", "frontend/*.svg", "http_api.md"]},
     include_package_data=False,
     install_requires=["tensorboard>=2.21", "numpy", "werkzeug"],
     extras_require={

@@ -1,7 +1,9 @@
 """`tb-weightdiff`: the command line.
 
-`tb-weightdiff report --logdir DIR` prints the verdicts of `tb_weightdiff.analysis`
-for every run (worst first), as a table, `--json` or `--csv`.
+`tb-weightdiff report --logdir DIR` judges the logdir with `tb_weightdiff.judge`
+and prints every run's verdicts (worst first) as a table, `--json` or `--csv`
+(the contract and the CSV schema of `tb_weightdiff.verdicts`). Its threshold
+flags are made from `verdicts.Thresholds`.
 
 Exit status: 0 when the report was printed; 1 when `--fail-on` matched a
 variable's or a layer's verdict (for training pipelines); 2 for errors (a
@@ -10,19 +12,19 @@ are one line on stderr; nothing prints a traceback.
 """
 
 import argparse
-import csv
 import io
 import math
 import sys
 import types
 
-from tb_weightdiff import analysis
+from tb_weightdiff import judge
 from tb_weightdiff import reader
+from tb_weightdiff import verdicts
 from tb_weightdiff.version import __version__
 
-# Both import little (numpy and TensorBoard's protobufs); the data providers
+# These import little (numpy and TensorBoard's protobufs); the data providers
 # themselves (grpc, the event loaders) load only when `report` opens a logdir.
-_VERDICTS = analysis.VERDICTS
+_VERDICTS = verdicts.VERDICTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,26 +79,14 @@ def _add_report_parser(subparsers):
     output = report.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON (strict: null, never NaN)")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per variable")
-    defaults = analysis.Thresholds().to_json()
-    report.add_argument(
-        "--min-relative-change",
-        type=_threshold,
-        metavar="X",
-        help="floor on ||W - W0|| / ||W0|| (default %g)" % defaults["min_relative_change"],
-    )
-    report.add_argument(
-        "--min-shift",
-        type=_threshold,
-        metavar="X",
-        help="floor on the histogram shift, W1 / baseline std (default %g)" % defaults["min_shift"],
-    )
-    report.add_argument(
-        "--min-ratio-to-median",
-        type=_threshold,
-        metavar="X",
-        help="floor on movement / the run's median movement (default %g)"
-        % defaults["min_ratio_to_median"],
-    )
+    for threshold in verdicts.Thresholds.describe():
+        report.add_argument(
+            "--" + threshold["name"].replace("_", "-"),
+            dest=threshold["name"],
+            type=_threshold,
+            metavar="X",
+            help="%s (default %g)" % (threshold["help"], threshold["default"]),
+        )
     report.add_argument(
         "--fail-on",
         type=_verdict_list,
@@ -106,7 +96,7 @@ def _add_report_parser(subparsers):
     )
     report.add_argument(
         "--source",
-        choices=analysis.SOURCES,
+        choices=verdicts.SOURCES,
         default="auto",
         help="judge from tb_weightdiff summaries, plain histograms, or auto: ours where "
         "a run has them (default auto)",
@@ -180,14 +170,7 @@ _HEADER = ["VERDICT", "LAYER / variable", "MOVEMENT", "x MEDIAN", "SHIFT", "REL.
 def _format_table(result):
     out = io.StringIO()
     thresholds = result["thresholds"]
-    out.write(
-        "thresholds: min_relative_change=%g  min_shift=%g  min_ratio_to_median=%g\n"
-        % (
-            thresholds["min_relative_change"],
-            thresholds["min_shift"],
-            thresholds["min_ratio_to_median"],
-        )
-    )
+    out.write("thresholds: %s\n" % "  ".join("%s=%g" % (name, thresholds[name]) for name in thresholds))
     out.write(
         "MOVEMENT: largest relative change ||W - W0|| / ||W0|| (rel) or histogram shift "
         "W1 / baseline std (shift) from the baseline; x MEDIAN: movement / the run's median\n"
@@ -221,57 +204,21 @@ def _format_table(result):
     return out.getvalue()
 
 
-_CSV_FIELDS = [
-    "run", "source", "layer", "layer_verdict", "variable", "tag", "verdict", "trainable",
-    "elements", "baseline_step", "last_step", "diverged_step", "movement", "movement_kind",
-    "ratio_to_median", "shift", "max_shift", "relative_change", "cosine_distance",
-    "reference_distance", "scale", "scale_basis", "reason",
-]
-
-
-def _format_csv(result):
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_CSV_FIELDS)
-    for run in result["runs"]:
-        for layer in run["layers"]:
-            for variable in layer["variables"]:
-                record = dict(variable)
-                record.update(
-                    run=run["run"],
-                    source=run["source"],
-                    layer=layer["name"],
-                    layer_verdict=layer["verdict"],
-                    variable=variable["name"],
-                    last_step=variable["steps"][-1] if variable["steps"] else None,
-                )
-                writer.writerow(
-                    ["" if record.get(field) is None else record[field] for field in _CSV_FIELDS]
-                )
-    return out.getvalue()
-
-
 # -- the command ----------------------------------------------------------------
 
 
 def _report(args):
-    given = {
-        "min_relative_change": args.min_relative_change,
-        "min_shift": args.min_shift,
-        "min_ratio_to_median": args.min_ratio_to_median,
-    }
-    thresholds = analysis.Thresholds(**{k: v for k, v in given.items() if v is not None})
+    given = {name: getattr(args, name) for name in verdicts.Thresholds.names()}
+    thresholds = verdicts.Thresholds(**{k: v for k, v in given.items() if v is not None})
     if "tensorflow" not in sys.modules:
         # TensorBoard's Python loader imports TensorFlow where it is installed,
-        # only for file access it can do without: 700 MB of memory and seconds
-        # of start-up for nothing. This marker makes TensorBoard use its stub.
+        # only for file access it can do without: hundreds of MB of memory and
+        # seconds of start-up for nothing (README, "Command line"). This marker makes TensorBoard use its stub.
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         with reader.open_logdir(args.logdir, loader=args.loader) as opened:
-            result = analysis.analyze_logdir(
-                opened, runs=args.runs, thresholds=thresholds, source=args.source
-            )
-    except (reader.LogdirError, analysis.AnalysisError) as error:
+            result = judge.analyze_logdir(opened, runs=args.runs, thresholds=thresholds, source=args.source)
+    except (reader.LogdirError, judge.AnalysisError) as error:
         raise _CommandError(str(error)) from None
     if not result["runs"]:
         what = {
@@ -284,15 +231,15 @@ def _report(args):
             "or keras.callbacks.TensorBoard(histogram_freq=1)" % (args.logdir, what)
         )
     if args.json:
-        text = analysis.to_json(result, indent=1) + "\n"
+        text = verdicts.to_json(result, indent=1) + "\n"
     elif args.csv:
-        text = _format_csv(result)
+        text = verdicts.to_csv(result)
     else:
         text = _format_table(result)
     sys.stdout.write(text)
     sys.stdout.flush()
     if args.fail_on:
-        matched = analysis.verdicts_of(result) & set(args.fail_on)
+        matched = verdicts.verdicts_of(result) & set(args.fail_on)
         if matched:
             sys.stderr.write(
                 "tb-weightdiff: --fail-on matched: %s\n" % ", ".join(v for v in _VERDICTS if v in matched)

@@ -207,8 +207,8 @@ def decode(values):
         )
     array = array.astype(np.float64, copy=False)
     stat_count = len(STAT_FIELDS)
-    # One tolist() converts every statistic at once (per-field float() costs
-    # 4x as much, and a logdir holds tens of thousands of these).
+    # One tolist() converts every statistic at once: a float() per field costs
+    # several times as much, and a logdir holds tens of thousands of these.
     stats = dict(zip(STAT_FIELDS, array[:stat_count].tolist()))
     return WeightSummary(
         stats=stats,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tb_weightdiff import summary
+from tb_weightdiff import verdicts
 from conftest import ARTIFACTS
 from conftest import plugin_frame
 from conftest import write_events
@@ -97,14 +98,19 @@ def test_table_heatmap_overlay_slider_and_export(planted, tensorboard_process, p
         arg=comparison_before,
     )
     assert frame.locator('section.detail .step-a').inner_text().strip() == "step 2"
+    # The readout is in the unit of the table row: the variable's baseline std.
+    assert "× its baseline's std" in frame.locator("section.detail .comparison").inner_text()
     _screenshot(page, "tab-detail.png")
 
     # Export the verdict table.
     with page.expect_download() as download_info:
         frame.locator("button.export-csv").click()
     csv_text = open(download_info.value.path(), encoding="utf-8").read()
-    assert csv_text.startswith("run,source,layer,layer_verdict,variable,tag,verdict")
+    # The CLI's schema, written by the plugin: the same bytes as its CSV route.
+    assert csv_text.splitlines()[0] == ",".join(verdicts.CSV_COLUMNS)
     assert "planted,tb_weightdiff,model/frozen,frozen,kernel,model/frozen/kernel,frozen" in csv_text
+    status, _, body = server.get("/data/plugin/tb_weightdiff/verdicts?format=csv")
+    assert status == 200 and body.decode("utf-8") == csv_text
     with page.expect_download() as download_info:
         frame.locator("button.export-json").click()
     assert '"runs"' in open(download_info.value.path(), encoding="utf-8").read()

@@ -29,7 +29,8 @@ import sys
 import numpy as np
 import pytest
 
-from tb_weightdiff import analysis
+from tb_weightdiff import judge
+from tb_weightdiff import verdicts
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
 from conftest import requires_tf
@@ -175,9 +176,9 @@ def train(logdir, model_name):
     return model
 
 
-def judge(logdir, source, loader="python", thresholds=None):
+def judge_logdir(logdir, source, loader="python", thresholds=None):
     with reader.open_logdir(str(logdir), loader=loader) as opened:
-        return analysis.analyze_logdir(opened, thresholds=thresholds, source=source)
+        return judge.analyze_logdir(opened, thresholds=thresholds, source=source)
 
 
 def _layers(run):
@@ -200,7 +201,7 @@ def judged(trained_logdir):
 
     def get(source, loader="python"):
         if (source, loader) not in cache:
-            cache[source, loader] = judge(trained_logdir, source, loader)
+            cache[source, loader] = judge_logdir(trained_logdir, source, loader)
         return cache[source, loader]
 
     return get
@@ -250,12 +251,12 @@ def test_keras_histograms_find_the_planted_layers_but_the_permutation(judged, mo
 
 def test_the_rust_loader_agrees(judged):
     for source in ("auto", metadata.HISTOGRAM_PLUGIN_NAME):
-        assert analysis.to_json(judged(source, "python")) == analysis.to_json(judged(source, "rust"))
+        assert verdicts.to_json(judged(source, "python")) == verdicts.to_json(judged(source, "rust"))
 
 
 def test_defaults_leave_a_margin(judged):
     """Healthy layers clear every floor by 3x at least; the slow layers miss the ratio by 3x."""
-    defaults = analysis.Thresholds()
+    defaults = verdicts.Thresholds()
     for source in ("auto", metadata.HISTOGRAM_PLUGIN_NAME):
         for run in judged(source)["runs"]:
             layers = _layers(run)
@@ -339,8 +340,8 @@ def _main(argv):
                 MODELS[model_name] = (build, default_seed)
             results_by_seed.append(
                 {
-                    "tb_weightdiff": judge(directory, "auto"),
-                    "Keras histograms": judge(directory, metadata.HISTOGRAM_PLUGIN_NAME),
+                    "tb_weightdiff": judge_logdir(directory, "auto"),
+                    "Keras histograms": judge_logdir(directory, metadata.HISTOGRAM_PLUGIN_NAME),
                 }
             )
     print("| model | source | layer | driver | movement | x median | shift (last) | verdict |")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tb_weightdiff import analysis
+from tb_weightdiff import verdicts
 from conftest import write_events
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,23 +78,23 @@ def report_json(logdir, *args):
 def test_json_shape_and_planted_verdicts(logdirs):
     result = report_json(logdirs["ours"])
     assert set(result) == {"thresholds", "runs"}
-    assert result["thresholds"] == analysis.Thresholds().to_json()
+    assert result["thresholds"] == verdicts.Thresholds().to_json()
     assert [run["run"] for run in result["runs"]] == ["run_0", "run_1"]
     for run in result["runs"]:
         assert {"run", "source", "steps", "baseline_step", "warnings", "layers"} <= set(run)
         assert run["source"] == "tb_weightdiff"
         assert run["steps"] == [0, 1, 2, 3] and run["baseline_step"] == 0
-        verdicts = {layer["name"]: layer["verdict"] for layer in run["layers"]}
+        layer_verdicts = {layer["name"]: layer["verdict"] for layer in run["layers"]}
         for layer, verdict in logdirs["expected"][run["run"]].items():
-            assert verdicts[layer] == verdict, (run["run"], layer)
-        assert set(verdicts.values()) - set(logdirs["expected"][run["run"]].values()) <= {"learning"}
+            assert layer_verdicts[layer] == verdict, (run["run"], layer)
+        assert set(layer_verdicts.values()) - set(logdirs["expected"][run["run"]].values()) <= {"learning"}
         for layer in run["layers"]:
             assert {"name", "verdict", "variables"} <= set(layer)
             for variable in layer["variables"]:
                 assert {"name", "tag", "verdict"} <= set(variable)
-                assert variable["verdict"] in analysis.VERDICTS
+                assert variable["verdict"] in verdicts.VERDICTS
     # Worst first.
-    ranks = [analysis.VERDICTS.index(layer["verdict"]) for layer in result["runs"][1]["layers"]]
+    ranks = [verdicts.VERDICTS.index(layer["verdict"]) for layer in result["runs"][1]["layers"]]
     assert ranks == sorted(ranks) and ranks[0] == 0
 
 
@@ -106,7 +106,7 @@ def test_table_is_readable_and_worst_first(logdirs):
     run_1 = text.split("run run_1")[1]
     header = next(line for line in run_1.splitlines() if line.lstrip().startswith("VERDICT"))
     name_column = header.index("LAYER")
-    rows = [line for line in run_1.splitlines() if line.split() and line.split()[0] in analysis.VERDICTS]
+    rows = [line for line in run_1.splitlines() if line.split() and line.split()[0] in verdicts.VERDICTS]
     # Layers start in the name column; their variables are indented under them.
     layer_lines = [line for line in rows if line[name_column] != " "]
     order = [line.split()[0] for line in layer_lines]
@@ -125,7 +125,28 @@ def test_csv_has_one_row_per_variable(logdirs):
     frozen = [row for row in rows if row["layer"] == "model/dense_0"]
     assert {row["verdict"] for row in frozen} == {"frozen"}
     assert {row["variable"] for row in frozen} == {"kernel", "bias"}
-    assert all(row["verdict"] in analysis.VERDICTS for row in rows)
+    assert all(row["verdict"] in verdicts.VERDICTS for row in rows)
+
+
+def test_csv_is_the_one_schema_and_guards_formula_cells(tmp_path):
+    import numpy as np
+
+    from tb_weightdiff import summary
+
+    weights = np.linspace(-1, 1, 40)
+    write_events(
+        tmp_path / "=cmd|' /C calc'!A0",
+        {step: [summary.weights_pb("=HYPERLINK(\"x\")/kernel", weights * (1 + 0.1 * step), reference=weights)] for step in range(3)},
+    )
+    result = run_cli("report", "--logdir", tmp_path, "--csv")
+    assert result.returncode == 0, result.stderr
+    reader = csv.reader(io.StringIO(result.stdout))
+    assert tuple(next(reader)) == verdicts.CSV_COLUMNS
+    (row,) = [dict(zip(verdicts.CSV_COLUMNS, cells)) for cells in reader]
+    # A spreadsheet would run these as formulas; they are data.
+    assert row["run"] == "'=cmd|' /C calc'!A0"
+    assert row["layer"] == "'=HYPERLINK(\"x\")" and row["tag"] == "'=HYPERLINK(\"x\")/kernel"
+    assert row["verdict"] == "learning" and float(row["movement"]) > 0
 
 
 def test_fail_on_exits_1_when_a_verdict_matches(logdirs):
@@ -141,8 +162,7 @@ def test_fail_on_exits_1_when_a_verdict_matches(logdirs):
 def test_threshold_flags_change_verdicts(logdirs):
     strict = report_json(logdirs["ours"], "--run", "run_0", "--min-relative-change", "100", "--min-shift", "100")
     assert strict["thresholds"]["min_relative_change"] == 100.0
-    verdicts = {layer["verdict"] for layer in strict["runs"][0]["layers"]}
-    assert verdicts == {"not_learning", "frozen"}
+    assert {layer["verdict"] for layer in strict["runs"][0]["layers"]} == {"not_learning", "frozen"}
     lenient = report_json(
         logdirs["ours"], "--run", "run_0", "--min-relative-change", "0", "--min-shift", "0", "--min-ratio-to-median", "0"
     )
@@ -156,8 +176,8 @@ def test_histogram_logdir_and_both_loaders_agree(logdirs):
     [run] = python["runs"]
     assert run["source"] == "histograms"
     assert any("not the weights before training" in warning for warning in run["warnings"])
-    verdicts = {layer["name"]: layer["verdict"] for layer in run["layers"]}
-    assert verdicts["model/dense_0"] == "frozen" and verdicts["model/dense_1"] == "not_learning"
+    layer_verdicts = {layer["name"]: layer["verdict"] for layer in run["layers"]}
+    assert layer_verdicts["model/dense_0"] == "frozen" and layer_verdicts["model/dense_1"] == "not_learning"
 
 
 @pytest.mark.parametrize(
@@ -195,7 +215,10 @@ def test_help_and_version():
     assert result.returncode == 0 and "report" in result.stdout
     result = run_cli("report", "--help")
     assert result.returncode == 0
-    defaults = analysis.Thresholds()
-    assert "(default %g)" % defaults.min_relative_change in result.stdout
+    # One flag per threshold, made from the thresholds themselves.
+    flat = " ".join(result.stdout.split())
+    for threshold in verdicts.Thresholds.describe():
+        assert "--%s X" % threshold["name"].replace("_", "-") in flat
+        assert "%s (default %g)" % (threshold["help"], threshold["default"]) in flat
     assert "--fail-on" in result.stdout
     assert run_cli("--version").stdout.startswith("tb-weightdiff ")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tb_weightdiff import analysis
+from tb_weightdiff import judge
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
 from conftest import requires_tf
@@ -41,7 +41,7 @@ def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
 
     # The analysis flags the planted layer in the fault run, and nothing in the healthy run.
     with reader.open_logdir(str(logdir), loader="rust") as opened:
-        judged = analysis.analyze_logdir(opened)
+        judged = judge.analyze_logdir(opened)
     verdicts = {run["run"]: {layer["name"]: layer["verdict"] for layer in run["layers"]} for run in judged["runs"]}
     assert verdicts["frozen_conv2d_1/train"] == {
         "sequential/conv2d": "learning",

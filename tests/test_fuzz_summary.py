@@ -1,7 +1,7 @@
 """Fuzzing weights_pb: random arrays, dtypes, shapes, references and bucket counts.
 
 Short in CI (200 examples); the long run is documented in the README:
-`TBWD_HYPOTHESIS_EXAMPLES=20000 pytest tests/test_fuzz_summary.py tests/test_analysis_properties.py`.
+`TBWD_HYPOTHESIS_EXAMPLES=20000 pytest tests/test_fuzz_summary.py tests/test_distance_properties.py tests/test_judge_properties.py`.
 """
 
 import os

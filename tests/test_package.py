@@ -43,10 +43,11 @@ def test_wheel_from_a_clean_checkout_carries_the_frontend(tmp_path):
     (wheel,) = glob.glob(str(tmp_path / "dist" / "*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        frontend = {os.path.relpath(p, checkout / "frontend") for p in glob.glob(str(checkout / "frontend" / "*"))}
-        assert frontend, "frontend/ is empty"
+        source = checkout / "tb_weightdiff" / "frontend"
+        frontend = {os.path.relpath(p, source) for p in glob.glob(str(source / "*"))}
+        assert frontend >= {"index.js", "model.js", "views.js", "charts.js", "dom.js", "style.css"}
         for name in frontend:
-            assert "tb_weightdiff/static/" + name in names
+            assert "tb_weightdiff/frontend/" + name in names
         (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
         text = archive.read(entry_points).decode()
     assert "[tensorboard_plugins]" in text

@@ -8,6 +8,7 @@ import pytest
 from tensorboard import errors
 
 from tb_weightdiff import plugin as plugin_lib
+from tb_weightdiff import verdicts
 from conftest import plugin_client
 from conftest import requires_tf
 from logdirs import PLANTED
@@ -34,13 +35,28 @@ def _json(response, status=200):
     return json.loads(response.get_data())
 
 
-def test_index_module(client):
-    response = client.get(PREFIX + "/index.js")
+def test_every_frontend_file_is_served_from_one_static_root(client):
+    response = client.get(PREFIX + "/static/index.js")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/javascript")
     assert b"export async function render" in response.get_data()
     for module in ("dom.js", "model.js", "views.js", "charts.js", "style.css"):
         assert client.get(PREFIX + "/static/" + module).status_code == 200, module
+    assert client.get(PREFIX + "/index.js").status_code == 404  # no second base
+    # The modules import one another relative to that root, and nothing else.
+    for module in ("index.js", "views.js", "charts.js"):
+        text = client.get(PREFIX + "/static/" + module).get_data(as_text=True)
+        imports = [line for line in text.splitlines() if line.startswith("import ")]
+        assert imports and all("from './" in line and "/static/" not in line for line in imports), module
+
+
+def test_contract_names_the_verdicts_and_thresholds_of_the_analysis(client):
+    body = _json(client.get(PREFIX + "/contract"))
+    assert body["verdicts"] == list(verdicts.VERDICTS)
+    assert [t["name"] for t in body["thresholds"]] == list(verdicts.Thresholds.names())
+    assert {t["name"]: t["default"] for t in body["thresholds"]} == verdicts.Thresholds().to_json()
+    assert all(t["help"] and t["label"] for t in body["thresholds"])
+    assert body["csv_columns"] == list(verdicts.CSV_COLUMNS)
 
 
 def test_runs(client):
@@ -78,11 +94,11 @@ def test_verdicts_filtered_by_run_and_thresholds(client):
     body = _json(client.get(PREFIX + "/verdicts?run=planted&min_relative_change=1e-9"))
     assert [run["run"] for run in body["runs"]] == ["planted"]
     assert body["thresholds"]["min_relative_change"] == 1e-9
-    verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
-    assert verdicts["model/slow"] == "not_learning"  # still far below the run's median
+    layer_verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
+    assert layer_verdicts["model/slow"] == "not_learning"  # still far below the run's median
     body = _json(client.get(PREFIX + "/verdicts?run=planted&min_relative_change=1e-9&min_ratio_to_median=0"))
-    verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
-    assert verdicts["model/slow"] == "learning"
+    layer_verdicts = {layer["name"]: layer["verdict"] for layer in body["runs"][0]["layers"]}
+    assert layer_verdicts["model/slow"] == "learning"
 
 
 @pytest.mark.parametrize(
@@ -153,6 +169,42 @@ def test_compare_two_steps(client):
     assert same["w1"] == 0
     frozen = _json(client.get(PREFIX + "/compare?run=keras_like/train&tag=sequential/frozen/kernel/histogram&a=0&b=4"))
     assert frozen["w1"] == 0
+
+
+def test_compare_scales_as_the_table_row_does(client):
+    """A/B = baseline against last reads as the row's `shift`, for every variable:
+    a zero-initialised bias (no spread of its own) included."""
+    runs = _json(client.get(PREFIX + "/verdicts"))["runs"]
+    checked = set()
+    for run in runs:
+        for layer in run["layers"]:
+            for variable in layer["variables"]:
+                steps = variable["steps"]
+                query = "run=%s&tag=%s&a=%d&b=%d" % (run["run"], variable["tag"], steps[0], steps[-1])
+                body = _json(client.get(PREFIX + "/compare?" + query))
+                assert body["shift"] == variable["shift"], query
+                assert (body["scale"], body["scale_basis"]) == (variable["scale"], variable["scale_basis"]), query
+                checked.add(variable["scale_basis"])
+    planted = {run["run"]: run for run in runs}["planted"]
+    dense = next(layer for layer in planted["layers"] if layer["name"] == "model/dense")
+    bias = next(variable for variable in dense["variables"] if variable["name"] == "bias")
+    assert bias["scale_basis"] == "layer_baseline_std" and bias["shift"] > 0
+    assert {"baseline_std", "layer_baseline_std"} <= checked
+    # Between two later steps the shift is in the same unit: W1 / the row's scale.
+    later = _json(client.get(PREFIX + "/compare?run=planted&tag=model/dense/bias&a=2&b=4"))
+    assert later["shift"] == pytest.approx(later["w1"] / bias["scale"], rel=1e-12)
+
+
+def test_csv_export_is_the_cli_schema(client):
+    response = client.get(PREFIX + "/verdicts?format=csv&run=planted")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/csv")
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines[0] == ",".join(verdicts.CSV_COLUMNS)
+    body = _json(client.get(PREFIX + "/verdicts?run=planted"))
+    assert response.get_data(as_text=True) == verdicts.to_csv(body)
+    assert len(lines) == 1 + sum(len(layer["variables"]) for layer in body["runs"][0]["layers"])
+    assert client.get(PREFIX + "/verdicts?format=xml").status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -241,5 +293,5 @@ def test_verdicts_on_a_real_keras_training(tmp_path, loader):
     assert runs["both/train"]["source"] == "tb_weightdiff"
     assert runs["keras_only/train"]["source"] == "histograms"
     for run in ("both/train", "keras_only/train"):
-        verdicts = {layer["name"]: layer["verdict"] for layer in runs[run]["layers"]}
-        assert verdicts == {"sequential/frozen": "frozen", "sequential/hidden": "learning", "sequential/head": "learning"}, run
+        layer_verdicts = {layer["name"]: layer["verdict"] for layer in runs[run]["layers"]}
+        assert layer_verdicts == {"sequential/frozen": "frozen", "sequential/hidden": "learning", "sequential/head": "learning"}, run

@@ -6,23 +6,14 @@ halves on a too-large answer), a run holding both sources is read once, and
 when one run logs a new step only that run is read and judged again.
 """
 
-import json
-from urllib.parse import parse_qsl
-
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import data_provider
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins.histogram import summary_v2 as histogram_summary
-from werkzeug.datastructures import MultiDict
 
-from tb_weightdiff import analysis
+from tb_weightdiff import judge
 from tb_weightdiff import metadata
-from tb_weightdiff import plugin as plugin_lib
 from tb_weightdiff import reader
-from conftest import plugin_client
 from conftest import write_events
-from logdirs import append_step
 from logdirs import write_planted_logdir
 
 PREFIX = "/data/plugin/tb_weightdiff"
@@ -116,7 +107,7 @@ def test_a_run_with_both_sources_is_read_once(tmp_path, loader):
     )
     with reader.open_logdir(str(tmp_path), loader=loader) as opened:
         spy = SpyProvider(opened.provider)
-        result = analysis.analyze_logdir(reader.Logdir(spy, opened.loader))
+        result = judge.analyze_logdir(reader.Logdir(spy, opened.loader))
     runs = {run["run"]: run for run in result["runs"]}
     assert runs["planted"]["source"] == metadata.PLUGIN_NAME
     assert any("Also holds 8 plain histogram series" in w for w in runs["planted"]["warnings"])
@@ -124,68 +115,3 @@ def test_a_run_with_both_sources_is_read_once(tmp_path, loader):
     assert histogram_reads and all("planted" not in read[1] for read in histogram_reads)
 
 
-def test_verdicts_route_answers_as_verdicts_impl(tmp_path, loader):
-    _several_runs(tmp_path, 2)
-    client, opened = plugin_client(tmp_path, loader)
-    try:
-        for query in ("", "?run=run1/planted&min_shift=0.5"):
-            response = client.get(PREFIX + "/verdicts" + query)
-            assert response.status_code == 200
-            logdir = reader.Logdir(_provider_of(client), loader)
-            expected = plugin_lib.verdicts_impl(logdir, MultiDict(parse_qsl(query.lstrip("?"))))
-            assert json.loads(response.get_data()) == json.loads(json.dumps(expected))
-    finally:
-        opened.__exit__(None, None, None)
-
-
-def _provider_of(client):
-    app = client.application
-    [plugin] = [p for p in app._plugins if p.plugin_name == metadata.PLUGIN_NAME]  # pylint: disable=protected-access
-    return plugin._data_provider  # pylint: disable=protected-access
-
-
-def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
-    series = write_planted_logdir(tmp_path / "a")
-    write_planted_logdir(tmp_path / "b")
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
-    )
-    multiplexer.AddRunsFromDirectory(str(tmp_path))
-    multiplexer.Reload()
-    from tensorboard.backend import application
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-    from werkzeug import wrappers
-
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
-    context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
-    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
-    judged = []
-    real = analysis.analyze_logdir
-
-    def spy(logdir, runs=None, **kwargs):
-        judged.append(sorted(runs) if runs is not None else None)
-        return real(logdir, runs=runs, **kwargs)
-
-    monkeypatch.setattr(analysis, "analyze_logdir", spy)
-    first = json.loads(client.get(PREFIX + "/verdicts").get_data())
-    assert judged == [["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]]
-    assert json.loads(client.get(PREFIX + "/verdicts?run=b/planted").get_data())["runs"] == [
-        run for run in first["runs"] if run["run"] == "b/planted"
-    ]
-    detail = client.get(PREFIX + "/variable?run=a/planted&tag=model/dense/kernel")
-    assert detail.status_code == 200
-    assert len(judged) == 1  # the filtered answer and the detail came from the run cache
-
-    append_step(tmp_path / "a", series, 6)
-    multiplexer.Reload()
-    second = json.loads(client.get(PREFIX + "/verdicts").get_data())
-    assert judged[1:] == [["a/planted"]]
-    changed = {run["run"]: run for run in second["runs"]}
-    assert changed["a/planted"]["steps"] == [0, 1, 2, 3, 4, 5, 6]
-    assert [run for run in second["runs"] if run["run"] != "a/planted"] == [
-        run for run in first["runs"] if run["run"] != "a/planted"
-    ]
-    # New thresholds judge every run again (verdicts depend on them).
-    client.get(PREFIX + "/verdicts?min_shift=0.5")
-    assert judged[2] == ["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]

@@ -24,10 +24,11 @@ HOSTILE_VALUES = [
 ]
 
 ROUTES = {
-    "/verdicts": ({}, ["run", "min_shift", "min_relative_change", "min_ratio_to_median"]),
+    "/verdicts": ({}, ["run", "min_shift", "min_relative_change", "min_ratio_to_median", "format"]),
     "/variable": ({"run": "planted", "tag": "model/dense/kernel"}, ["run", "tag", "min_shift"]),
-    "/compare": ({"run": "planted", "tag": "model/dense/kernel", "a": "0", "b": "5"}, ["run", "tag", "a", "b"]),
+    "/compare": ({"run": "planted", "tag": "model/dense/kernel", "a": "0", "b": "5"}, ["run", "tag", "a", "b", "min_shift"]),
     "/runs": ({}, ["run"]),
+    "/contract": ({}, ["run"]),
 }
 
 
@@ -70,43 +71,6 @@ def test_hostile_requests_get_a_4xx_with_a_message_never_a_5xx(tmp_path, loader)
     finally:
         opened.__exit__(None, None, None)
     assert tried == len(list(_hostile_queries())) >= 400
-
-
-def test_a_cached_answer_is_refreshed_when_the_data_changes(tmp_path):
-    from logdirs import append_step
-
-    series = write_planted_logdir(tmp_path)
-    client, opened = _client(tmp_path, "python")
-    try:
-        first = client.get(PREFIX + "/verdicts").get_data()
-        assert client.get(PREFIX + "/verdicts").get_data() == first
-    finally:
-        opened.__exit__(None, None, None)
-    append_step(tmp_path, series, 6)
-    client, opened = _client(tmp_path, "python")
-    try:
-        later = json.loads(client.get(PREFIX + "/verdicts?run=planted").get_data())
-    finally:
-        opened.__exit__(None, None, None)
-    assert later["runs"][0]["steps"] == list(range(7))
-
-
-def test_answer_cache_keeps_nothing_for_failed_requests():
-    cache = plugin_lib.AnswerCache(max_bytes=2)
-
-    def fail():
-        raise ValueError("bad request")
-
-    for i in range(100):
-        with pytest.raises(ValueError):
-            cache.get(("key", i), 1, fail)
-    assert len(cache) == 0 and cache._key_locks == {}  # pylint: disable=protected-access
-    assert cache.get("a", 1, lambda: b"1") == b"1"
-    assert cache.get("a", 1, lambda: b"x") == b"1"  # same version: cached
-    assert cache.get("a", 2, lambda: b"2") == b"2"  # new data: recomputed
-    cache.get("b", 1, lambda: b"b")
-    cache.get("c", 1, lambda: b"c")
-    assert len(cache) == 2  # two bytes at most: the oldest went
 
 
 def test_corrupted_logs_leave_the_other_runs_judged_as_before(tmp_path, loader):

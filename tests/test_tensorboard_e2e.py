@@ -15,8 +15,8 @@ def test_tab_is_listed_serves_its_module_and_judges_right(tmp_path, tensorboard_
     listing = server.wait_for(lambda j: j.get("tb_weightdiff", {}).get("enabled"), "/data/plugins_listing")
     entry = listing["tb_weightdiff"]
     assert entry["tab_name"] == "Weight Diff"
-    assert entry["loading_mechanism"] == {"type": "IFRAME", "module_path": "/data/plugin/tb_weightdiff/index.js"}
-    status, headers, body = server.get("/data/plugin/tb_weightdiff/index.js")
+    assert entry["loading_mechanism"] == {"type": "IFRAME", "module_path": "/data/plugin/tb_weightdiff/static/index.js"}
+    status, headers, body = server.get("/data/plugin/tb_weightdiff/static/index.js")
     assert status == 200
     assert headers["Content-Type"].startswith("text/javascript")
     assert b"export async function render" in body

@@ -1,35 +1,35 @@
 // Data: fetching from the plugin's routes, dropping stale answers, and the
-// pure functions the views use (filtering, formatting, export). No DOM here.
+// pure functions the views use (filtering, formatting, densities). No DOM here.
+// Verdict names and thresholds are not written here: the plugin's ./contract
+// route serves them, from the one Python module that defines them.
 
-export const VERDICTS = ['diverged', 'not_learning', 'frozen', 'unknown', 'learning'];
-
-export const VERDICT_LABELS = {
-  diverged: 'diverged',
-  not_learning: 'not learning',
-  frozen: 'frozen',
-  unknown: 'unknown',
-  learning: 'learning',
-};
-
-export const THRESHOLDS = [
-  {name: 'min_relative_change', label: 'min relative change', help: 'Floor on ||W - W0|| / ||W0|| (WeightDiffCallback logs).'},
-  {name: 'min_shift', label: 'min shift', help: 'Floor on the histogram shift from the baseline, in baseline std.'},
-  {name: 'min_ratio_to_median', label: 'min ratio to median', help: "Floor on a layer's movement / the run's median movement."},
-];
+/** A verdict's name as shown: `not_learning` -> `not learning`. */
+export function verdictLabel(verdict) {
+  return String(verdict).replace(/_/g, ' ');
+}
 
 /**
- * Fetches JSON from a route relative to the plugin; a non-2xx answer throws
+ * Fetches the text of a route relative to the plugin; a non-2xx answer throws
  * an Error carrying the server's message.
- * @param {string} route e.g. './verdicts?run=a'
- * @return {Promise<*>}
+ * @param {string} route e.g. './verdicts?run=a&format=csv'
+ * @return {Promise<string>}
  */
-export async function fetchJson(route) {
+export async function fetchText(route) {
   const response = await fetch(route, {cache: 'no-store'});
   const text = await response.text();
   if (!response.ok) {
     throw new Error(`${response.status}: ${text.trim().slice(0, 300)}`);
   }
-  return JSON.parse(text);
+  return text;
+}
+
+/**
+ * Fetches JSON from a route relative to the plugin (errors as `fetchText`).
+ * @param {string} route e.g. './verdicts?run=a'
+ * @return {Promise<*>}
+ */
+export async function fetchJson(route) {
+  return JSON.parse(await fetchText(route));
 }
 
 /**
@@ -71,48 +71,6 @@ export function formatNumber(value) {
 /** The layers of a run whose verdict passes the filter (order kept: worst first). */
 export function visibleLayers(run, verdictFilter) {
   return run.layers.filter((layer) => verdictFilter.has(layer.verdict));
-}
-
-const CSV_COLUMNS = [
-  'run', 'source', 'layer', 'layer_verdict', 'variable', 'tag', 'verdict', 'trainable',
-  'movement', 'movement_kind', 'ratio_to_median', 'shift', 'relative_change',
-  'cosine_distance', 'diverged_step', 'baseline_step', 'last_step', 'reason',
-];
-
-function csvField(value) {
-  if (value === null || value === undefined) return '';
-  let text = String(value);
-  // A spreadsheet would run a cell that starts like a formula.
-  if (typeof value === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
-  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-}
-
-/**
- * The verdict table as CSV: one row per variable, with its layer's verdict.
- * @param {{runs: Array}} result the /verdicts answer
- * @return {string}
- */
-export function toCsv(result) {
-  const lines = [CSV_COLUMNS.join(',')];
-  for (const run of result.runs) {
-    for (const layer of run.layers) {
-      for (const variable of layer.variables) {
-        const row = {
-          run: run.run, source: run.source, layer: layer.name, layer_verdict: layer.verdict,
-          variable: variable.name, tag: variable.tag, verdict: variable.verdict,
-          trainable: variable.trainable, movement: variable.movement,
-          movement_kind: variable.movement_kind, ratio_to_median: variable.ratio_to_median,
-          shift: variable.shift, relative_change: variable.relative_change,
-          cosine_distance: variable.cosine_distance, diverged_step: variable.diverged_step,
-          baseline_step: variable.baseline_step,
-          last_step: variable.steps.length ? variable.steps[variable.steps.length - 1] : null,
-          reason: variable.reason,
-        };
-        lines.push(CSV_COLUMNS.map((column) => csvField(row[column])).join(','));
-      }
-    }
-  }
-  return lines.join('\n') + '\n';
 }
 
 /**

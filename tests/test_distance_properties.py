@@ -1,4 +1,4 @@
-"""Property tests of tb_weightdiff.analysis on random histograms, quantiles and series.
+"""Property tests of tb_weightdiff.distance on random histograms and quantiles.
 
 The exact W1 (computed in p-space, over the quantile functions) is checked
 against an independent x-space oracle (the integral of |F_a - F_b| over the
@@ -6,17 +6,14 @@ union of the edges), and everything must hold at any scale from 1e-30 to 1e30
 without raising or returning NaN/Inf.
 """
 
-import json
 import math
 import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tb_weightdiff import analysis
+from tb_weightdiff import distance
 from tb_weightdiff import metadata
-from tb_weightdiff import reader
-from tb_weightdiff import summary
 
 # ~200 examples keep each test to a second or two in CI; raise the count locally
 # (TBWD_HYPOTHESIS_EXAMPLES=5000) for a deeper search.
@@ -96,8 +93,8 @@ def defined(h):
 @given(histogram_pairs())
 def test_w1_is_exact_finite_and_symmetric(pair):
     a, b, scale = pair
-    forward = analysis.wasserstein_histograms(a, b)
-    backward = analysis.wasserstein_histograms(b, a)
+    forward = distance.wasserstein_histograms(a, b)
+    backward = distance.wasserstein_histograms(b, a)
     if not (defined(a) and defined(b)):
         assert forward is None and backward is None
         return
@@ -105,7 +102,7 @@ def test_w1_is_exact_finite_and_symmetric(pair):
     tolerance = 1e-9 * scale * 200
     assert abs(forward - backward) <= tolerance
     assert abs(forward - oracle(a, b)) <= tolerance + 1e-9 * forward
-    assert analysis.wasserstein_histograms(a, a) == 0.0
+    assert distance.wasserstein_histograms(a, a) == 0.0
 
 
 @SETTINGS
@@ -114,15 +111,15 @@ def test_w1_is_equivariant_and_ignores_bucket_order(pair, power, random):
     a, b, _ = pair
     if not (defined(a) and defined(b)):
         return
-    distance = analysis.wasserstein_histograms(a, b)
+    w1 = distance.wasserstein_histograms(a, b)
     # Scaling by a power of two is exact in floating point, and so is the answer.
     factor = 2.0**power
-    assert analysis.wasserstein_histograms(a * [factor, factor, 1], b * [factor, factor, 1]) == distance * factor
+    assert distance.wasserstein_histograms(a * [factor, factor, 1], b * [factor, factor, 1]) == w1 * factor
     shuffled = a[random.sample(range(len(a)), len(a))]
     # Summing the masses in another order rounds differently: ~1e-16 of the range.
     extent = float(np.max(np.abs(np.concatenate([a[:, :2], b[:, :2]]))))
     assert math.isclose(
-        analysis.wasserstein_histograms(shuffled, b), distance, rel_tol=1e-9, abs_tol=1e-12 * extent
+        distance.wasserstein_histograms(shuffled, b), w1, rel_tol=1e-9, abs_tol=1e-12 * extent
     )
 
 
@@ -134,9 +131,9 @@ def test_w1_triangle_inequality(data):
     if not all(defined(h) for h in (a, b, c)):
         return
     ab, bc, ac = (
-        analysis.wasserstein_histograms(a, b),
-        analysis.wasserstein_histograms(b, c),
-        analysis.wasserstein_histograms(a, c),
+        distance.wasserstein_histograms(a, b),
+        distance.wasserstein_histograms(b, c),
+        distance.wasserstein_histograms(a, c),
     )
     assert ac <= ab + bc + 1e-9 * scale * 200
 
@@ -153,7 +150,7 @@ def test_w1_never_raises_on_anything(rows, other):
     # Backwards buckets, NaN, Inf, negative counts, 1e308 edges: None or a finite number.
     junk = np.array(rows, dtype=np.float64).reshape(-1, 3)
     for first, second in ((junk, other), (other, junk), (junk, junk)):
-        result = analysis.wasserstein_histograms(first, second)
+        result = distance.wasserstein_histograms(first, second)
         assert result is None or (math.isfinite(result) and result >= 0)
 
 
@@ -167,80 +164,13 @@ quantile_vectors = st.builds(
 @SETTINGS
 @given(quantile_vectors, quantile_vectors, st.floats(-1e3, 1e3))
 def test_quantile_w1(qa, qb, offset):
-    forward = analysis.wasserstein_quantiles(qa, qb)
+    forward = distance.wasserstein_quantiles(qa, qb)
     assert forward is not None and math.isfinite(forward) and forward >= 0
-    assert math.isclose(forward, analysis.wasserstein_quantiles(qb, qa), rel_tol=1e-12, abs_tol=1e-300)
-    assert analysis.wasserstein_quantiles(qa, qa) == 0.0
+    assert math.isclose(forward, distance.wasserstein_quantiles(qb, qa), rel_tol=1e-12, abs_tol=1e-300)
+    assert distance.wasserstein_quantiles(qa, qa) == 0.0
     # Translating a distribution moves it by exactly that much.
-    shifted = analysis.wasserstein_quantiles(qa, qa + offset)
+    shifted = distance.wasserstein_quantiles(qa, qa + offset)
     assert math.isclose(shifted, abs(offset), rel_tol=1e-9, abs_tol=1e-9 * float(np.max(np.abs(qa), initial=0)))
     nan = qa.copy()
     nan[3] = np.nan
-    assert analysis.wasserstein_quantiles(nan, qb) is None
-
-
-def _strict(result):
-    def reject(constant):
-        raise AssertionError("%s in JSON" % constant)
-
-    return json.loads(analysis.to_json(result), parse_constant=reject)
-
-
-def _check_runs(runs):
-    _strict({"runs": runs})
-    for run in runs:
-        for layer in run["layers"]:
-            assert layer["verdict"] in analysis.VERDICTS
-            for variable in layer["variables"]:
-                assert variable["verdict"] in analysis.VERDICTS
-                assert len(variable["per_step_shift"]) == len(variable["steps"])
-                for value in variable["per_step_shift"] + variable["shift_from_baseline"]:
-                    assert value is None or (math.isfinite(value) and value >= 0)
-
-
-@SETTINGS
-@given(st.data())
-def test_histogram_series_never_raise(data):
-    series = []
-    for index in range(data.draw(st.integers(1, 3))):
-        steps = sorted(data.draw(st.sets(st.integers(0, 50), min_size=0, max_size=5)))
-        values = []
-        for _ in steps:
-            h = data.draw(buckets(max_buckets=4))
-            if h.size and data.draw(st.integers(0, 9)) == 0:  # now and then a NaN edge
-                h = h.copy()
-                h[0, 0] = np.nan
-            values.append(h)
-        series.append(reader.Series("run", "m/layer%d/kernel/histogram" % (index % 2), metadata.HISTOGRAM_PLUGIN_NAME, steps, values))
-    _check_runs(analysis.analyze_series(series))
-
-
-@SETTINGS
-@given(st.data())
-def test_our_series_never_raise(data):
-    size = data.draw(st.integers(0, 8))
-    scale = data.draw(scales)
-    arrays = []
-    for _ in range(data.draw(st.integers(1, 4))):
-        values = data.draw(st.lists(st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, np.nan, np.inf])), min_size=size, max_size=size))
-        arrays.append(np.asarray(values, dtype=np.float64) * scale)
-    reference = arrays[0] if data.draw(st.booleans()) else None
-    steps = sorted(data.draw(st.sets(st.integers(0, 100), min_size=len(arrays), max_size=len(arrays))))
-    series = [
-        reader.Series(
-            "run",
-            data.draw(st.sampled_from(["a/kernel", "a/bias", "b/w"])) + str(i),
-            metadata.PLUGIN_NAME,
-            [step],
-            [metadata.decode(summary.weight_statistics(array, reference=reference, trainable=True))],
-        )
-        for i, (step, array) in enumerate(zip(steps, arrays))
-    ]
-    one_tag = reader.Series(
-        "run",
-        "c/kernel",
-        metadata.PLUGIN_NAME,
-        steps,
-        [metadata.decode(summary.weight_statistics(array, reference=reference, trainable=False)) for array in arrays],
-    )
-    _check_runs(analysis.analyze_series(series + [one_tag]))
+    assert distance.wasserstein_quantiles(nan, qb) is None

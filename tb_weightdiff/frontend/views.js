@@ -4,28 +4,28 @@
 
 import {el} from './dom.js';
 import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
-import {THRESHOLDS, VERDICTS, VERDICT_LABELS, formatNumber, visibleLayers} from './model.js';
+import {formatNumber, verdictLabel, visibleLayers} from './model.js';
 
 /** A coloured verdict badge. */
 export function badge(verdict) {
-  return el('span', {class: `badge badge-${verdict}`, text: VERDICT_LABELS[verdict] || verdict, dataset: {verdict}});
+  return el('span', {class: `badge badge-${verdict}`, text: verdictLabel(verdict), dataset: {verdict}});
 }
 
 /**
  * The control bar. Built once; `update*` functions refresh its changing parts.
- * @param {Object} state
+ * @param {Object} state holds `contract` (the ./contract answer: verdicts, thresholds)
  * @param {Object<string, function>} on handlers: runsChanged, filterChanged,
  *   thresholdsChanged, autoRefreshChanged, refreshNow, exportCsv, exportJson
  */
 export function controls(state, on) {
   const runList = el('div', {class: 'run-list', role: 'group', 'aria-label': 'runs'});
   const filter = el('div', {class: 'verdict-filter', role: 'group', 'aria-label': 'verdicts'},
-    VERDICTS.map((verdict) => el('label', {class: 'chip'}, [
+    state.contract.verdicts.map((verdict) => el('label', {class: 'chip'}, [
       el('input', {type: 'checkbox', name: 'verdict', value: verdict, checked: state.verdictFilter.has(verdict),
         onchange: (event) => on.filterChanged(verdict, event.target.checked)}),
       badge(verdict),
     ])));
-  const thresholdInputs = THRESHOLDS.map((threshold) => el('label', {class: 'threshold', title: threshold.help}, [
+  const thresholdInputs = state.contract.thresholds.map((threshold) => el('label', {class: 'threshold', title: threshold.help}, [
     `${threshold.label} `,
     el('input', {type: 'number', min: '0', step: 'any', name: threshold.name, size: 8,
       placeholder: 'default',
@@ -90,12 +90,12 @@ function scoreCells(entry) {
 /**
  * One run: its warnings, the layer table (rows expand to variables) and the heatmap.
  * @param {Object} run a run of the /verdicts answer
- * @param {Object} view {verdictFilter, expanded: Set, selected: ?{run, tag}}
+ * @param {Object} view {verdicts: worst first, verdictFilter, expanded: Set, selected: ?{run, tag}}
  * @param {Object<string, function>} on handlers: toggleLayer(run, layer), openVariable(run, tag)
  */
 export function runSection(run, view, on) {
   const layers = visibleLayers(run, view.verdictFilter);
-  const counts = VERDICTS.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${VERDICT_LABELS[v]}`);
+  const counts = view.verdicts.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${verdictLabel(v)}`);
   const section = el('section', {class: 'run', dataset: {run: run.run}}, [
     el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
       el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'WeightDiffCallback summaries' : 'plain histograms'})]),
@@ -173,8 +173,7 @@ export function detailPanel(detail, selection, on) {
       el('label', {class: 'slider-a'}, ['A ', slider('a', selection.a), el('span', {class: 'step-a', text: ` step ${steps[selection.a]}`})]),
       el('label', {class: 'slider-b'}, ['B ', slider('b', selection.b), el('span', {class: 'step-b', text: ` step ${steps[selection.b]}`})]),
     ]),
-    el('p', {class: 'comparison', text: comparison && comparison.a === steps[selection.a] && comparison.b === steps[selection.b] ?
-      `Wasserstein-1 between A and B: ${formatNumber(comparison.w1)} (${formatNumber(comparison.shift)} × A's std)` : 'Wasserstein-1 between A and B: …'}),
+    el('p', {class: 'comparison', text: comparisonText(comparison && comparison.a === steps[selection.a] && comparison.b === steps[selection.b] ? comparison : null)}),
     el('div', {class: 'detail-charts'}, [
       el('div', {}, [el('h3', {text: 'Histograms at A and B'}), overlay(detail.histograms[selection.a], detail.histograms[selection.b], {stepA: steps[selection.a], stepB: steps[selection.b]})]),
       el('div', {}, [el('h3', {text: 'All logged steps'}), ridgeline(steps, detail.histograms, {stepA: steps[selection.a], stepB: steps[selection.b]})]),
@@ -188,6 +187,25 @@ export function detailPanel(detail, selection, on) {
     ]),
   ]);
   return panel;
+}
+
+const SCALE_BASES = {
+  baseline_std: "its baseline's std",
+  layer_baseline_std: "its layer's baseline std",
+  last_std: "its last std",
+  rms: 'its RMS',
+};
+
+/**
+ * The A/B readout: W1 between the two steps, and the shift in the scale the
+ * variable's table row uses (so baseline against last reads as the row's shift).
+ * @param {?Object} comparison the /compare answer, or null while it loads
+ * @return {string}
+ */
+export function comparisonText(comparison) {
+  if (!comparison) return 'Wasserstein-1 between A and B: …';
+  const unit = SCALE_BASES[comparison.scale_basis] || 'its scale';
+  return `Wasserstein-1 between A and B: ${formatNumber(comparison.w1)} (${formatNumber(comparison.shift)} × ${unit})`;
 }
 
 /** Shown when no run holds weight data: the lines of code that produce it. */

@@ -1,21 +1,27 @@
 // The Weight Diff tab. TensorBoard loads this ES module into an iframe and
-// calls render(). Data fetching and state live here and in ./static/model.js;
-// DOM building in ./static/views.js and ./static/charts.js. The iframe is out
-// of reach of TensorBoard's reload button, so the tab refreshes itself.
+// calls render(). Data fetching and state live here and in ./model.js; DOM
+// building in ./views.js and ./charts.js. Every module and the stylesheet are
+// served from the plugin's one static root, beside this one. The iframe is
+// out of reach of TensorBoard's reload button, so the tab refreshes itself.
 
-import {el} from './static/dom.js';
-import {VERDICTS, fetchJson, latestOnly, query, toCsv} from './static/model.js';
-import {controls, detailPanel, emptyState, runSection} from './static/views.js';
+import {el} from './dom.js';
+import {fetchJson, fetchText, latestOnly, query} from './model.js';
+import {comparisonText, controls, detailPanel, emptyState, runSection} from './views.js';
 
 const DEFAULT_INTERVAL_MS = 15000;
 
 class WeightDiffTab {
-  constructor(root) {
+  /**
+   * @param {HTMLElement} root
+   * @param {{verdicts: Array<string>, thresholds: Array<Object>}} contract the ./contract answer
+   */
+  constructor(root, contract) {
     this.root = root;
     this.state = {
+      contract,
       runs: [],
       deselected: new Set(),
-      verdictFilter: new Set(VERDICTS),
+      verdictFilter: new Set(contract.verdicts),
       thresholds: {},
       result: null,
       expanded: new Set(),
@@ -47,7 +53,7 @@ class WeightDiffTab {
         this.schedule();
       },
       refreshNow: () => this.refresh(),
-      exportCsv: () => this.download('weightdiff-verdicts.csv', 'text/csv', toCsv(this.state.result || {runs: []})),
+      exportCsv: () => this.exportCsv(),
       exportJson: () => this.download('weightdiff-verdicts.json', 'application/json', JSON.stringify(this.state.result || {runs: []}, null, 2)),
     });
     this.message = el('div', {class: 'message', role: 'status'});
@@ -116,7 +122,7 @@ class WeightDiffTab {
   drawRuns() {
     const result = this.state.result;
     if (!result) return;
-    const view = {verdictFilter: this.state.verdictFilter, expanded: this.state.expanded, selected: this.state.selected};
+    const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded, selected: this.state.selected};
     const handlers = {
       toggleLayer: (run, layer) => {
         const key = `${run}\u0000${layer}`;
@@ -183,17 +189,27 @@ class WeightDiffTab {
       if (slider) slider.focus();
     }
     if (!detail.steps.length || (comparison && comparison.a === detail.steps[a] && comparison.b === detail.steps[b])) return;
-    this.fetchComparison('./compare' + query({run: detail.run, tag: detail.tag, a: detail.steps[a], b: detail.steps[b]}))
+    this.fetchComparison('./compare' + query({run: detail.run, tag: detail.tag, a: detail.steps[a], b: detail.steps[b], ...this.thresholdParameters()}))
       .then((answer) => {
         if (answer === undefined || this.state.detail !== detail) return;
         const current = this.state.selection;
         if (detail.steps[current.a] === answer.a && detail.steps[current.b] === answer.b) {
           current.comparison = answer;
           const text = this.detailBox.querySelector('.comparison');
-          if (text) text.textContent = `Wasserstein-1 between A and B: ${formatShift(answer)}`;
+          if (text) text.textContent = comparisonText(answer);
         }
       })
       .catch(() => {});
+  }
+
+  /** The verdict table as CSV, in the one schema the CLI prints too (the plugin writes it). */
+  async exportCsv() {
+    const route = './verdicts' + query({run: this.selectedRuns(), ...this.thresholdParameters(), format: 'csv'});
+    try {
+      this.download('weightdiff-verdicts.csv', 'text/csv', await fetchText(route));
+    } catch (error) {
+      this.message.replaceChildren(el('p', {class: 'error', text: `Could not export CSV: ${error.message}`}));
+    }
   }
 
   download(filename, type, text) {
@@ -204,16 +220,18 @@ class WeightDiffTab {
   }
 }
 
-function formatShift(answer) {
-  const number = (value) => (value === null || value === undefined ? '—' : Number(value.toPrecision(3)).toString());
-  return `${number(answer.w1)} (${number(answer.shift)} × A's std)`;
-}
-
 /** Entry point called by TensorBoard. */
 export async function render() {
-  document.head.appendChild(el('link', {rel: 'stylesheet', href: './static/style.css'}));
+  document.head.appendChild(el('link', {rel: 'stylesheet', href: new URL('./style.css', import.meta.url).href}));
   const root = el('main', {class: 'weightdiff'});
   document.body.appendChild(root);
-  const tab = new WeightDiffTab(root);
+  let contract;
+  try {
+    contract = await fetchJson('./contract');
+  } catch (error) {
+    root.replaceChildren(el('p', {class: 'error', text: `Could not load the Weight Diff tab: ${error.message}`}));
+    return;
+  }
+  const tab = new WeightDiffTab(root, contract);
   await tab.refresh();
 }

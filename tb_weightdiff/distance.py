@@ -1,0 +1,506 @@
+"""Wasserstein-1 distances between weight distributions, exact for what is stored.
+
+The distance mathematics and nothing else: no scores, no verdicts, no I/O.
+Two kinds of distributions are compared:
+
+- TensorBoard's `[k, 3]` histograms (left edge, right edge, count), each
+  bucket holding its mass uniformly, so the CDF is piecewise linear and the
+  edges may differ between the two (`wasserstein_histograms`);
+- quantile functions on one probability grid, piecewise linear in p
+  (`wasserstein_quantiles`; our summaries store 65 quantiles).
+
+Either way W1 = integral over p of |Q_a(p) - Q_b(p)|, integrated exactly
+piece by piece, including where the difference changes sign inside a piece.
+Values are handled divided by a power of two per distribution, so any scale
+from 1e-300 to 1e300 computes without overflow. `Distributions` holds the
+logged steps of one variable (or a batch of variables) ready for pairwise
+distances, which run in chunks on a small thread pool (numpy releases the
+GIL inside each operation).
+"""
+
+import concurrent.futures
+import dataclasses
+import math
+import os
+import threading
+
+import numpy as np
+
+from tb_weightdiff import metadata
+
+# Step pairs per numpy pass when computing W1 distances (see `Distributions.pairs`).
+_PAIR_CHUNK = 1024
+_WORKERS = min(4, os.cpu_count() or 1)
+_EXECUTOR = []
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor():
+    """A small thread pool for numpy work, started on first use."""
+    with _EXECUTOR_LOCK:
+        if not _EXECUTOR:
+            _EXECUTOR.append(
+                concurrent.futures.ThreadPoolExecutor(_WORKERS, thread_name_prefix="tb_weightdiff")
+            )
+        return _EXECUTOR[0]
+
+
+_PROBABILITIES = np.asarray(metadata.QUANTILE_PROBABILITIES, dtype=np.float64)
+
+
+def _mean_abs_linear(d0, d1):
+    """Mean of |d| over a segment on which d is linear from d0 to d1 (elementwise).
+
+    When d changes sign inside the segment the two triangles are integrated
+    separately: (d0^2 + d1^2) / (2 (|d0| + |d1|)).
+    """
+    total = np.abs(d0)
+    total += np.abs(d1)
+    # Strictly opposite signs (a zero or a NaN never crosses); rare, so the
+    # crossing formula is evaluated only there.
+    sign = np.sign(d0)
+    sign *= np.sign(d1)
+    crossing = sign < 0
+    result = total / 2
+    if crossing.any():
+        a, b, t = d0[crossing], d1[crossing], total[crossing]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            result[crossing] = (a * a + b * b) / (2 * t)
+    return result
+
+
+def _exponent_of(peak):
+    """The power of two `e` with |x| <= 2**e for all x whose maximum is `peak` (0 -> 0)."""
+    peak = np.asarray(peak, dtype=np.float64)
+    exponent = np.frexp(np.where(np.isfinite(peak) & (peak > 0), peak, 1.0))[1]
+    return np.where(peak > 0, exponent, 0).astype(np.int64)
+
+
+def ldexp(mantissa, exponent):
+    """`mantissa * 2**exponent`, with overflow to inf and no warning."""
+    exponent = np.asarray(exponent)
+    if exponent.dtype != np.int64:
+        exponent = exponent.astype(np.int64)
+    if not exponent.any():
+        return np.asarray(mantissa, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        if -1022 <= exponent.min() and exponent.max() <= 1023:
+            # A product with a normal power of two rounds exactly as ldexp
+            # does, and numpy vectorises the product (not its ldexp loop).
+            return np.multiply(mantissa, np.ldexp(1.0, exponent))
+        return np.ldexp(mantissa, exponent)
+
+
+@dataclasses.dataclass
+class Distributions:
+    """The logged steps of one variable as distributions, ready for pairwise W1.
+
+    Values are stored divided by a power of two per step (`exponent`), so that
+    any scale from 1e-300 to 1e300 computes without overflow.
+    """
+
+    kind: str  # "histogram" or "quantiles"
+    valid: np.ndarray  # [n] bool: a finite, non-empty distribution
+    exponent: np.ndarray  # [n] int
+    std: np.ndarray  # [n] float, real units (nan when not valid)
+    rms: np.ndarray  # [n] float, real units
+    # histogram: as logged (padded to [n, K, 3]) with each step's bucket count,
+    # and left, right [n, K] and cumulative mass [n, K + 1], normalized
+    raw: np.ndarray = None
+    rows: np.ndarray = None
+    left: np.ndarray = None
+    right: np.ndarray = None
+    cumulative: np.ndarray = None
+    # quantiles: [n, Q] normalized, and the probabilities [Q]
+    quantiles: np.ndarray = None
+    probabilities: np.ndarray = None
+    # Steps of several variables are computed as one batch (`rows` slices it):
+    # the batch these rows belong to (None: their own) and where they start in it.
+    batch: "Distributions" = None
+    offset: int = 0
+    _tables: tuple = dataclasses.field(default=None, init=False, repr=False)  # _piece_tables, on first use
+
+    _ROW_FIELDS = ("valid", "exponent", "std", "rms", "raw", "rows", "left", "right", "cumulative", "quantiles")
+
+    def take_rows(self, start, count):
+        """Steps `[start, start + count)` as their own `Distributions` (views, no copies)."""
+        part = slice(start, start + count)
+        sliced = {
+            name: getattr(self, name)[part]
+            for name in self._ROW_FIELDS
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(
+            self, **sliced, batch=self.batch or self, offset=self.offset + start
+        )
+
+    def pairs(self, first, second):
+        """W1 between steps `first[i]` and `second[i]`, as `(mantissa, exponent)` arrays.
+
+        Both steps of every pair must be valid. W1 = mantissa * 2**exponent.
+        """
+        first = np.asarray(first, dtype=np.int64)
+        second = np.asarray(second, dtype=np.int64)
+        exponent = np.maximum(self.exponent[first], self.exponent[second])
+        mantissa = np.empty(first.size)
+        if self.kind != "quantiles" and self._tables is None:
+            self._tables = _piece_tables(self.left, self.right, self.cumulative)
+
+        # Row by row the same numbers; in chunks, so that a batch of many
+        # variables amortises numpy's per-call cost while its temporaries
+        # still fit in cache. numpy releases the GIL inside each operation,
+        # so the chunks run on every core.
+        def chunk(start):
+            part = slice(start, start + _PAIR_CHUNK)
+            mantissa[part] = self._pair_mantissas(first[part], second[part], exponent[part])
+
+        starts = range(0, first.size, _PAIR_CHUNK)
+        if len(starts) > 1 and _WORKERS > 1:
+            list(_executor().map(chunk, starts))
+        else:
+            for start in starts:
+                chunk(start)
+        return mantissa, exponent
+
+    def _pair_mantissas(self, first, second, exponent):
+        shift_a = (self.exponent[first] - exponent)[:, None]
+        shift_b = (self.exponent[second] - exponent)[:, None]
+        if self.kind == "quantiles":
+            difference = ldexp(self.quantiles[first], shift_a) - ldexp(
+                self.quantiles[second], shift_b
+            )
+            weights = np.diff(self.probabilities)
+            return np.sum(
+                weights * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1
+            )
+        # The pieces of each logged step are tabulated once, not once per pair.
+        if self._tables is None:
+            self._tables = _piece_tables(self.left, self.right, self.cumulative)
+        return _w1_between(
+            self.cumulative[first], self._tables, first, shift_a,
+            self.cumulative[second], self._tables, second, shift_b,
+        )
+
+
+def _piece_tables(left, right, cumulative):
+    """Per bucket of canonical histograms (rows of `[n, K]`): the quantile
+    function's pieces as `(left, right, width, base, has_mass, safe_mass)`.
+
+    Bucket i holds `mass = cum[i + 1] - cum[i]` from `left` to `right`
+    (`width` apart), starting at probability `base = cum[i]`; `safe_mass` is
+    1 where the mass is 0.
+    """
+    mass = np.diff(cumulative, axis=1)
+    has_mass = mass > 0
+    return (
+        left,
+        right,
+        right - left,
+        np.ascontiguousarray(cumulative[:, :-1]),
+        has_mass,
+        np.where(has_mass, mass, 1.0),
+    )
+
+
+def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift_b):
+    """W1 between pairs of canonical histograms, in p-space, given as rows of piece tables.
+
+    A canonical histogram has sorted, non-overlapping buckets with uniform
+    mass; its quantile function is linear from `left` to `right` over the
+    bucket's probability interval `[cum[i], cum[i + 1]]` (flat for a point
+    mass, jumping over gaps). W1 = integral over p in [0, 1] of
+    |Q_a(p) - Q_b(p)|: on each interval between the union of both cumulative
+    grids both functions are linear, so the integral is exact.
+
+    Pair i compares row `rows_a[i]` of `tables_a` with row `rows_b[i]` of
+    `tables_b` (`_piece_tables`), whose edges are scaled by `2**shift_a[i]`
+    and `2**shift_b[i]` to a common power of two; `cum_a`, `cum_b` are those
+    rows' cumulative masses. Tables computed once per logged step serve
+    every pair the step is part of.
+    """
+    n = cum_a.shape[0]
+    k_a = tables_a[0].shape[1]
+    k_b = tables_b[0].shape[1]
+    grid = np.concatenate([cum_a, cum_b], axis=1)
+    # Stable: at equal p, a's points come first, which the index bookkeeping needs.
+    order = np.argsort(grid, axis=1, kind="stable")
+    # Gathers through flat indices: much cheaper than take_along_axis here.
+    points = grid.ravel()[order + (np.arange(n) * grid.shape[1])[:, None]]
+    from_a = order < cum_a.shape[1]
+    bucket_a = np.clip(np.cumsum(from_a, axis=1) - 1, 0, k_a - 1)[:, :-1]
+    bucket_b = np.clip(np.cumsum(~from_a, axis=1) - 1, 0, k_b - 1)[:, :-1]
+    start, end = points[:, :-1], points[:, 1:]
+
+    def linear_pieces(tables, rows, shift, bucket):
+        left, right, width, base, has_mass, safe_mass = tables
+        flat = bucket + (rows * left.shape[1])[:, None]
+        low, width = left.ravel()[flat], width.ravel()[flat]
+        shifted = np.flatnonzero(shift[:, 0])
+        if shifted.size:
+            # Those pairs' edges are scaled to their common power of two first.
+            scaled_left = ldexp(left[rows[shifted]], shift[shifted])
+            scaled_width = ldexp(right[rows[shifted]], shift[shifted]) - scaled_left
+            own = bucket[shifted] + (np.arange(shifted.size) * left.shape[1])[:, None]
+            low[shifted] = scaled_left.ravel()[own]
+            width[shifted] = scaled_width.ravel()[own]
+        base, has_mass, safe_mass = base.ravel()[flat], has_mass.ravel()[flat], safe_mass.ravel()[flat]
+
+        def at(p):
+            fraction = p - base
+            fraction /= safe_mass
+            fraction[~has_mass] = 0.0
+            np.clip(fraction, 0.0, 1.0, out=fraction)
+            fraction *= width
+            fraction += low
+            return fraction
+
+        return at
+
+    quantile_a = linear_pieces(tables_a, rows_a, shift_a, bucket_a)
+    quantile_b = linear_pieces(tables_b, rows_b, shift_b, bucket_b)
+    d_start = quantile_a(start) - quantile_b(start)
+    d_end = quantile_a(end) - quantile_b(end)
+    return np.sum((end - start) * _mean_abs_linear(d_start, d_end), axis=1)
+
+
+def _canonical_buckets(left, right, counts):
+    """Any buckets (unsorted, overlapping) as sorted, non-overlapping ones, same CDF.
+
+    Each bucket's mass is spread uniformly over the pieces between all edges it
+    covers; zero-width buckets stay point masses. Histograms that TensorBoard
+    writes today never need this (their buckets are contiguous and ascending);
+    it keeps the scores exact for anything else.
+    """
+    left, right = np.minimum(left, right), np.maximum(left, right)
+    keep = counts > 0
+    left, right, counts = left[keep], right[keep], counts[keep]
+    points = np.unique(np.concatenate([left, right]))
+    piece_mass = np.zeros(max(points.size - 1, 0))
+    point_mass = np.zeros(points.size)
+    lengths = np.diff(points)
+    for low, high, count in zip(left, right, counts):
+        first = np.searchsorted(points, low)
+        if high > low:
+            last = np.searchsorted(points, high)
+            piece_mass[first:last] += count * (lengths[first:last] / (high - low))
+        else:
+            point_mass[first] += count
+    rows = []
+    for index, location in enumerate(points):
+        if point_mass[index] > 0:
+            rows.append((location, location, point_mass[index]))
+        if index < piece_mass.size and piece_mass[index] > 0:
+            rows.append((location, points[index + 1], piece_mass[index]))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def _clip_legacy_layout(stacked, rows, finite):
+    """Reads TensorBoard's conversion of legacy `HistogramProto`s the same from both loaders.
+
+    A legacy `HistogramProto` (torch's `add_histogram`, TF1's histogram op)
+    has outer bucket limits up to +-DBL_MAX. TensorBoard converts it with the
+    data's min as the first bucket's left edge and its max as the last
+    bucket's right edge. The Python loader first drops empty outer buckets;
+    the Rust data server keeps them, and they then run backwards (left >
+    right) or reach DBL_MAX. A first or last bucket running backwards marks
+    that layout: every edge is clipped to [first left, last right], which is
+    the Python loader's form, so both loaders score the same.
+    """
+    n = stacked.shape[0]
+    if n == 0 or stacked.shape[1] == 0:
+        return stacked
+    last = stacked[np.arange(n), np.maximum(rows - 1, 0)]
+    first = stacked[:, 0]
+    with np.errstate(invalid="ignore"):
+        legacy = (
+            finite
+            & (rows > 0)
+            & ((first[:, 0] > first[:, 1]) | (last[:, 0] > last[:, 1]))
+            & (first[:, 0] <= last[:, 1])
+        )
+    if not legacy.any():
+        return stacked
+    stacked = stacked.copy()
+    low, high = first[legacy, 0][:, None], last[legacy, 1][:, None]
+    stacked[legacy, :, 0] = np.clip(stacked[legacy, :, 0], low, high)
+    stacked[legacy, :, 1] = np.clip(stacked[legacy, :, 1], low, high)
+    return stacked
+
+
+def as_histogram_array(values):
+    """`values` as a float64 `[k, 3]` array; raises ValueError for any other shape."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError("a histogram must have shape [k, 3], got %s" % (array.shape,))
+    return array
+
+
+def histogram_distributions(arrays):
+    """`Distributions` of float64 `[k, 3]` arrays (one per step), as `as_histogram_array` gives them."""
+    n = len(arrays)
+    width = max([a.shape[0] for a in arrays] + [1])
+    rows = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    if n and np.all(rows == width):
+        stacked = np.concatenate(arrays).reshape(n, width, 3)
+        raw = stacked
+    else:
+        stacked = np.zeros((n, width, 3))
+        for index, array in enumerate(arrays):
+            k = array.shape[0]
+            stacked[index, :k] = array
+            if 0 < k < width:
+                # Padding: empty point buckets at the last edge change nothing.
+                stacked[index, k:, :2] = array[-1, 1]
+        raw = stacked.copy()
+    finite = np.all(np.isfinite(stacked), axis=(1, 2))
+    stacked = _clip_legacy_layout(stacked, rows, finite)
+    with np.errstate(invalid="ignore", over="ignore"):
+        counts = np.where(finite[:, None], stacked[:, :, 2], 0.0)
+        nonnegative = np.all(counts >= 0, axis=1)
+        total = np.sum(counts, axis=1)
+        valid = finite & nonnegative & (total > 0) & np.isfinite(total)
+        edges = np.where(valid[:, None, None], stacked[:, :, :2], 0.0)
+        exponent = _exponent_of(np.max(np.abs(edges), axis=(1, 2)))
+    edges = ldexp(edges, -exponent[:, None, None])
+    left, right = edges[:, :, 0], edges[:, :, 1]
+    with np.errstate(invalid="ignore"):
+        canonical = np.all(left <= right, axis=1) & np.all(right[:, :-1] <= left[:, 1:], axis=1)
+    slow = np.flatnonzero(valid & ~canonical)
+    if slow.size:
+        rebuilt = {
+            int(i): _canonical_buckets(left[i, : rows[i]], right[i, : rows[i]], counts[i, : rows[i]])
+            for i in slow
+        }
+        width = max([width] + [r.shape[0] for r in rebuilt.values()])
+        pad = width - left.shape[1]
+        if pad:
+            left = np.concatenate([left, np.repeat(right[:, -1:], pad, axis=1)], axis=1)
+            right = np.concatenate([right, np.repeat(right[:, -1:], pad, axis=1)], axis=1)
+            counts = np.concatenate([counts, np.zeros((n, pad))], axis=1)
+        for index, buckets in rebuilt.items():
+            k = buckets.shape[0]
+            left[index, :k], right[index, :k], counts[index, :k] = buckets.T
+            left[index, k:] = right[index, k:] = buckets[-1, 1]
+            counts[index, k:] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cumulative = np.cumsum(counts, axis=1) / np.where(valid, total, 1.0)[:, None]
+    cumulative = np.minimum(np.concatenate([np.zeros((n, 1)), cumulative], axis=1), 1.0)
+    cumulative[:, -1] = 1.0
+    # Steps that are not valid (NaN, negative counts) are never scored; their
+    # arithmetic below may warn and is discarded.
+    cumulative[~valid] = np.linspace(0.0, 1.0, cumulative.shape[1])
+    with np.errstate(all="ignore"):
+        mass = np.diff(cumulative, axis=1)
+        centre, spread = (left + right) / 2, right - left
+        mean = np.sum(mass * centre, axis=1)
+        variance = np.sum(mass * ((centre - mean[:, None]) ** 2 + spread**2 / 12), axis=1)
+        mean_square = np.sum(mass * (centre**2 + spread**2 / 12), axis=1)
+        std = np.where(valid, ldexp(np.sqrt(np.maximum(variance, 0)), exponent), np.nan)
+        rms = np.where(valid, ldexp(np.sqrt(mean_square), exponent), np.nan)
+    return Distributions(
+        kind="histogram",
+        raw=raw,
+        rows=rows,
+        valid=valid,
+        exponent=exponent,
+        std=std,
+        rms=rms,
+        left=left,
+        right=right,
+        cumulative=cumulative,
+    )
+
+
+def quantile_distributions(quantiles, std, rms, probabilities=_PROBABILITIES):
+    """`Distributions` for quantile vectors (one per step) aligned with `probabilities`."""
+    quantiles = np.asarray(quantiles, dtype=np.float64)
+    if quantiles.ndim != 2 or quantiles.shape[1] != probabilities.size:
+        raise ValueError(
+            "quantiles must have shape [steps, %d], got %s" % (probabilities.size, quantiles.shape)
+        )
+    valid = np.all(np.isfinite(quantiles), axis=1)
+    clean = np.where(valid[:, None], quantiles, 0.0)
+    exponent = _exponent_of(np.max(np.abs(clean), axis=1) if clean.size else np.zeros(len(clean)))
+    return Distributions(
+        kind="quantiles",
+        valid=valid,
+        exponent=exponent,
+        std=np.where(valid, np.asarray(std, dtype=np.float64), np.nan),
+        rms=np.where(valid, np.asarray(rms, dtype=np.float64), np.nan),
+        quantiles=ldexp(clean, -exponent[:, None]),
+        probabilities=probabilities,
+    )
+
+
+def _single_w1(distributions):
+    if not distributions.valid.all():
+        return None
+    mantissa, exponent = distributions.pairs([0], [1])
+    value = float(ldexp(mantissa, exponent)[0])
+    return value if math.isfinite(value) else None
+
+
+def wasserstein_histograms(a, b):
+    """Exact Wasserstein-1 distance between two `[k, 3]` histograms.
+
+    Each bucket `(left, right, count)` holds its mass uniformly (a zero-width
+    bucket is a point mass), so both CDFs are piecewise linear; the edges of
+    the two histograms may differ. The result is the integral of
+    |F_a(x) - F_b(x)| dx, computed exactly as the integral over p of
+    |Q_a(p) - Q_b(p)|, where both quantile functions are piecewise linear
+    between the union of the cumulative-mass breakpoints (including where the
+    difference changes sign inside a piece).
+
+    Returns:
+      A float in the histograms' units, or None when either histogram is
+      empty (zero total count), has non-finite edges or counts, a negative
+      count, or the distance overflows float64.
+
+    Raises:
+      ValueError: an argument is not of shape `[k, 3]`.
+    """
+    return _single_w1(histogram_distributions([as_histogram_array(a), as_histogram_array(b)]))
+
+
+def wasserstein_quantiles(quantiles_a, quantiles_b, probabilities=metadata.QUANTILE_PROBABILITIES):
+    """Exact Wasserstein-1 distance between two quantile functions on one grid.
+
+    The quantile functions are taken as piecewise linear in p between the
+    grid points (as `np.quantile` interpolates); W1 is the integral over
+    `[p_0, p_last]` of |Q_a(p) - Q_b(p)| dp, exact on every piece, including
+    where the difference changes sign. With the grid 0, 1/64, ..., 1 of
+    `metadata.QUANTILE_PROBABILITIES` that is the whole distribution.
+
+    Returns:
+      A float, or None when a quantile is not finite (no finite values) or
+      the distance overflows.
+
+    Raises:
+      ValueError: the lengths differ from the grid's, or the grid is not
+        increasing within [0, 1].
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if (
+        probabilities.ndim != 1
+        or probabilities.size < 2
+        or np.any(np.diff(probabilities) <= 0)
+        or probabilities[0] < 0
+        or probabilities[-1] > 1
+    ):
+        raise ValueError("probabilities must increase within [0, 1]")
+    stacked = np.stack(
+        [np.asarray(quantiles_a, dtype=np.float64), np.asarray(quantiles_b, dtype=np.float64)]
+    )
+    nan = np.full(2, np.nan)
+    return _single_w1(quantile_distributions(stacked, nan, nan, probabilities))
+
+
+def histogram_moments(histogram):
+    """`(mean, std)` of a `[k, 3]` histogram with uniform mass per bucket (None, None if empty)."""
+    distributions = histogram_distributions([as_histogram_array(histogram)])
+    if not distributions.valid[0]:
+        return None, None
+    mass = np.diff(distributions.cumulative[0])
+    centre = (distributions.left[0] + distributions.right[0]) / 2
+    mean = float(ldexp(np.sum(mass * centre), distributions.exponent[0]))
+    return mean, float(distributions.std[0])

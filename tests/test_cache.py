@@ -1,0 +1,128 @@
+"""tb_weightdiff.cache: answers and per-run verdicts, each valid for one version of the data."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing import data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+
+from tb_weightdiff import cache as cache_lib
+from tb_weightdiff import judge
+from tb_weightdiff import metadata
+from tb_weightdiff import plugin as plugin_lib
+from tb_weightdiff import reader
+from tb_weightdiff import verdicts
+from conftest import plugin_client
+from logdirs import append_step
+from logdirs import write_planted_logdir
+
+PREFIX = "/data/plugin/tb_weightdiff"
+
+
+def test_answer_cache_keeps_nothing_for_failed_requests():
+    answers = cache_lib.AnswerCache(max_bytes=2)
+
+    def fail():
+        raise ValueError("bad request")
+
+    for i in range(100):
+        with pytest.raises(ValueError):
+            answers.get(("key", i), 1, fail)
+    assert len(answers) == 0 and answers._key_locks == {}  # pylint: disable=protected-access
+    assert answers.get("a", 1, lambda: b"1") == b"1"
+    assert answers.get("a", 1, lambda: b"x") == b"1"  # same version: cached
+    assert answers.get("a", 2, lambda: b"2") == b"2"  # new data: recomputed
+    answers.get("b", 1, lambda: b"b")
+    answers.get("c", 1, lambda: b"c")
+    assert len(answers) == 2  # two bytes at most: the oldest went
+
+
+def test_a_cached_answer_is_refreshed_when_the_data_changes(tmp_path):
+    series = write_planted_logdir(tmp_path)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        first = client.get(PREFIX + "/verdicts").get_data()
+        assert client.get(PREFIX + "/verdicts").get_data() == first
+    finally:
+        opened.__exit__(None, None, None)
+    append_step(tmp_path, series, 6)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        later = json.loads(client.get(PREFIX + "/verdicts?run=planted").get_data())
+    finally:
+        opened.__exit__(None, None, None)
+    assert later["runs"][0]["steps"] == list(range(7))
+
+
+def test_verdicts_put_together_from_run_entries_equal_one_judging(tmp_path, loader):
+    """/verdicts assembles cached per-run entries; the bytes must mean what judging the logdir at once gives."""
+    write_planted_logdir(tmp_path / "run1")
+    write_planted_logdir(tmp_path / "run2")
+    client, opened = plugin_client(tmp_path, loader)
+    try:
+        logdir = reader.Logdir(reader.ListingMemo(_provider_of(client)), loader)
+        for query, runs, thresholds in (
+            ("", None, verdicts.Thresholds()),
+            ("?run=run1/planted&min_shift=0.5", ["run1/planted"], verdicts.Thresholds(min_shift=0.5)),
+        ):
+            response = client.get(PREFIX + "/verdicts" + query)
+            assert response.status_code == 200
+            expected = judge.analyze_logdir(logdir, runs=runs, thresholds=thresholds)
+            if runs is None:
+                expected["runs_without_weights"] = []
+            assert json.loads(response.get_data()) == json.loads(verdicts.to_json(expected))
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def _provider_of(client):
+    app = client.application
+    [plugin] = [p for p in app._plugins if p.plugin_name == metadata.PLUGIN_NAME]  # pylint: disable=protected-access
+    return plugin._data_provider  # pylint: disable=protected-access
+
+
+def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
+    series = write_planted_logdir(tmp_path / "a")
+    write_planted_logdir(tmp_path / "b")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
+    )
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    from tensorboard.backend import application
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
+    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
+    judged = []
+    real = judge.analyze_logdir
+
+    def spy(logdir, runs=None, **kwargs):
+        judged.append(sorted(runs) if runs is not None else None)
+        return real(logdir, runs=runs, **kwargs)
+
+    monkeypatch.setattr(judge, "analyze_logdir", spy)
+    first = json.loads(client.get(PREFIX + "/verdicts").get_data())
+    assert judged == [["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]]
+    assert json.loads(client.get(PREFIX + "/verdicts?run=b/planted").get_data())["runs"] == [
+        run for run in first["runs"] if run["run"] == "b/planted"
+    ]
+    detail = client.get(PREFIX + "/variable?run=a/planted&tag=model/dense/kernel")
+    assert detail.status_code == 200
+    assert len(judged) == 1  # the filtered answer and the detail came from the run cache
+
+    append_step(tmp_path / "a", series, 6)
+    multiplexer.Reload()
+    second = json.loads(client.get(PREFIX + "/verdicts").get_data())
+    assert judged[1:] == [["a/planted"]]
+    changed = {run["run"]: run for run in second["runs"]}
+    assert changed["a/planted"]["steps"] == [0, 1, 2, 3, 4, 5, 6]
+    assert [run for run in second["runs"] if run["run"] != "a/planted"] == [
+        run for run in first["runs"] if run["run"] != "a/planted"
+    ]
+    # New thresholds judge every run again (verdicts depend on them).
+    client.get(PREFIX + "/verdicts?min_shift=0.5")
+    assert judged[2] == ["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]

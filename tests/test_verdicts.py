@@ -1,0 +1,184 @@
+"""tb_weightdiff.verdicts: the thresholds, the verdict rules and the JSON / CSV contract."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from tb_weightdiff import judge
+from tb_weightdiff import metadata
+from tb_weightdiff import verdicts
+from series import by_layer, by_variable, histograms, ours, planted_model, walk
+
+
+@pytest.fixture
+def model(rng):
+    """Our summaries of a small model with planted layers, over 5 steps."""
+    return planted_model(rng)
+
+
+def test_thresholds_validate_and_parse():
+    defaults = verdicts.Thresholds()
+    assert defaults.to_json() == {
+        "min_relative_change": defaults.min_relative_change,
+        "min_shift": defaults.min_shift,
+        "min_ratio_to_median": defaults.min_ratio_to_median,
+    }
+    for bad in (-1e-3, float("nan"), float("inf"), "0.1", None, True):
+        with pytest.raises(ValueError, match="min_shift"):
+            verdicts.Thresholds(min_shift=bad)
+    parsed = verdicts.Thresholds.from_strings({"min_shift": "0.5", "min_relative_change": "", "other": "x"})
+    assert parsed == verdicts.Thresholds(min_shift=0.5)
+    with pytest.raises(ValueError, match="min_ratio_to_median must be a number"):
+        verdicts.Thresholds.from_strings({"min_ratio_to_median": "lots"})
+    with pytest.raises(ValueError, match=">= 0"):
+        verdicts.Thresholds.from_strings({"min_ratio_to_median": "-1"})
+
+
+def test_verdicts_of_planted_layers(model):
+    [run] = judge.analyze_series(model)
+    layers = by_layer(run)
+    assert {name: layer["verdict"] for name, layer in layers.items()} == {
+        "m/healthy": "learning",
+        "m/other": "learning",
+        "m/third": "learning",
+        "m/slow": "not_learning",
+        "m/frozen": "frozen",
+        "m/nan": "diverged",
+        "m/permuted": "learning",
+        "m/norm": "learning",
+    }
+    assert run["source"] == metadata.PLUGIN_NAME
+    assert run["steps"] == [0, 1, 2, 3, 4] and run["baseline_step"] == 0
+    # Any diverged variable makes the layer diverged, from the first step it appeared.
+    assert layers["m/nan"]["diverged_step"] == 3
+    assert by_variable(layers["m/nan"])["bias"]["verdict"] == "learning"
+    # The slow layer's bias learns; its larger kernel decides the layer.
+    slow = by_variable(layers["m/slow"])
+    assert slow["bias"]["verdict"] == "learning" and slow["kernel"]["verdict"] == "not_learning"
+    assert layers["m/slow"]["driver"] == "kernel"
+    # Weights that move under an unchanged histogram are not frozen.
+    permuted = by_variable(layers["m/permuted"])["kernel"]
+    assert permuted["shift"] == 0.0 and permuted["relative_change"] > 0.5
+    assert permuted["trainable"] is False
+    # A non-trainable variable that moves is judged on what it does.
+    moving = by_variable(layers["m/norm"])["moving_mean"]
+    assert moving["trainable"] is False and moving["verdict"] == "learning"
+    # Worst first.
+    ranks = [verdicts.VERDICTS.index(layer["verdict"]) for layer in run["layers"]]
+    assert ranks == sorted(ranks)
+
+
+def test_scores_are_aligned_with_steps_and_strict_json(model):
+    result = {"thresholds": verdicts.Thresholds().to_json(), "runs": judge.analyze_series(model)}
+    text = verdicts.to_json(result)
+
+    def reject(constant):
+        raise AssertionError("%s in strict JSON" % constant)
+
+    parsed = json.loads(text, parse_constant=reject)
+    for layer in parsed["runs"][0]["layers"]:
+        assert layer["verdict"] in verdicts.VERDICTS
+        assert len(layer["per_step_shift"]) == len(layer["steps"])
+        for variable in layer["variables"]:
+            assert variable["verdict"] in verdicts.VERDICTS
+            steps = variable["steps"]
+            assert len(variable["per_step_shift"]) == len(steps)
+            assert len(variable["shift_from_baseline"]) == len(steps)
+            assert variable["per_step_shift"][0] is None
+            assert variable["shift_from_baseline"][0] == 0.0
+            assert isinstance(variable["trainable"], bool)
+            assert variable["tag"].endswith("/" + variable["name"])
+
+
+def test_frozen_needs_bit_identical_weights(rng):
+    weights = rng.normal(size=50)
+    nudged = weights.copy()
+    nudged[7] = np.nextafter(nudged[7], 1)
+    [run] = judge.analyze_series([ours("a/frozen", [weights] * 3), ours("b/nudged", [weights, weights, nudged])])
+    layers = by_layer(run)
+    assert layers["a"]["verdict"] == "frozen"
+    assert layers["b"]["verdict"] == "not_learning"  # moved, by one ulp
+
+
+def test_unknown_with_one_step_and_diverged_even_then(rng):
+    weights = rng.normal(size=10)
+    broken = weights.copy()
+    broken[0] = np.inf
+    [run] = judge.analyze_series([ours("a/w", [weights]), ours("b/w", [broken])])
+    layers = by_layer(run)
+    assert layers["a"]["verdict"] == "unknown"
+    assert layers["b"]["verdict"] == "diverged" and layers["b"]["diverged_step"] == 0
+
+
+def test_thresholds_move_the_verdicts(model):
+    strict = verdicts.Thresholds(min_relative_change=10.0)
+    [run] = judge.analyze_series(model, strict)
+    assert by_layer(run)["m/healthy"]["verdict"] == "not_learning"
+    lenient = verdicts.Thresholds(min_relative_change=0, min_shift=0, min_ratio_to_median=0)
+    [run] = judge.analyze_series(model, lenient)
+    assert by_layer(run)["m/slow"]["verdict"] == "learning"
+
+
+def test_ratio_to_median_flags_a_layer_far_below_the_others(rng):
+    series = [ours("l%d/kernel" % i, walk(rng, rng.normal(size=(8, 8)), 3, 0.5)) for i in range(4)]
+    series.append(ours("lazy/kernel", walk(rng, rng.normal(size=(8, 8)), 3, 0.0015)))
+    [run] = judge.analyze_series(series)
+    lazy = by_layer(run)["lazy"]
+    assert lazy["movement"] > verdicts.Thresholds().min_relative_change  # clears the floor...
+    assert lazy["ratio_to_median"] < verdicts.Thresholds().min_ratio_to_median  # ...not the median
+    assert lazy["verdict"] == "not_learning"
+    assert "median" in lazy["reason"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # histogram_pb of a NaN
+def test_plain_histograms(rng):
+    kernel = rng.normal(0, 0.2, (16, 16))
+    others = [histograms("s/l%d/kernel/histogram" % i, walk(rng, rng.normal(0, 0.2, (16, 16)), 4, 0.1)) for i in range(3)]
+    broken = walk(rng, kernel, 4, 0.1)
+    broken[2] = broken[2].copy()
+    broken[2][0, 0] = np.nan
+    series = others + [
+        histograms("s/frozen/kernel/histogram", [kernel] * 4),
+        histograms("s/permuted/kernel/histogram", [rng.permutation(kernel.ravel()) for _ in range(4)]),
+        histograms("s/slow/kernel/histogram", walk(rng, kernel, 4, 1e-5)),
+        histograms("s/nan/kernel/histogram", broken),
+    ]
+    [run] = judge.analyze_series(series)
+    assert run["source"] == metadata.HISTOGRAM_PLUGIN_NAME
+    assert any("not the weights before training" in w for w in run["warnings"])
+    verdicts = {name: layer["verdict"] for name, layer in by_layer(run).items()}
+    assert verdicts == {
+        "s/l0": "learning", "s/l1": "learning", "s/l2": "learning",
+        "s/frozen": "frozen",
+        "s/permuted": "frozen",  # the blind spot of histograms
+        "s/slow": "not_learning",
+        "s/nan": "diverged",
+    }
+    assert by_layer(run)["s/nan"]["diverged_step"] == 2
+    assert all(layer["trainable"] is None for layer in run["layers"])
+
+
+def test_csv_guards_cells_a_spreadsheet_would_run():
+    variable = {
+        "name": "+kernel", "tag": "=cmd/+kernel", "verdict": "learning", "steps": [0, 1], "movement": -0.5,
+        "reason": "@SUM(1)", "trainable": True,
+    }
+    result = {"runs": [{"run": "-run", "source": "tb_weightdiff", "layers": [
+        {"name": "=cmd", "verdict": "learning", "variables": [variable]}]}]}
+    rows = list(csv.reader(io.StringIO(verdicts.to_csv(result))))
+    assert tuple(rows[0]) == verdicts.CSV_COLUMNS
+    row = dict(zip(verdicts.CSV_COLUMNS, rows[1]))
+    assert (row["run"], row["layer"], row["variable"], row["tag"], row["reason"]) == (
+        "'-run", "'=cmd", "'+kernel", "'=cmd/+kernel", "'@SUM(1)")
+    # Numbers are numbers: a negative one is not a formula.
+    assert row["movement"] == "-0.5" and row["last_step"] == "1" and row["trainable"] == "True"
+    assert row["diverged_step"] == ""
+
+
+def test_strict_replaces_every_non_finite_number():
+    value = {"a": [1.0, float("nan"), {"b": float("inf")}], "c": (float("-inf"), 2), "d": "nan"}
+    assert verdicts.strict(value) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "nan"}
+    assert verdicts.finite(float("nan")) is None and verdicts.finite(3) == 3.0
