@@ -145,7 +145,7 @@ def _build_callback_class(keras):
             super().__init__()
             if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
                 raise ValueError("freq must be an int >= 1, got %r" % (freq,))
-            summary_lib._check_bucket_count(buckets)  # pylint: disable=protected-access
+            summary_lib.check_buckets(buckets)
             self.log_dir = os.fspath(log_dir)
             self.freq = freq
             self.keep_reference = bool(reference)
@@ -285,14 +285,14 @@ def _build_callback_class(keras):
                     reference = None  # the variable was rebuilt with a new shape
                 # `value` is this callback's own fresh host copy: sorting it in
                 # place saves a second copy of the largest tensor.
-                statistics = summary_lib.weight_statistics(
+                summary = summary_lib.weights_pb(
+                    tag,
                     value,
                     reference=reference,
                     buckets=self.buckets,
                     trainable=trainable,
                     overwrite_input=True,
                 )
-                summary = summary_lib._summary_pb(tag, statistics)  # pylint: disable=protected-access
                 writer.add_event(
                     event_pb2.Event(
                         step=step, wall_time=time.time(), summary=summary
