@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from tb_weightdiff import distribute
 from tb_weightdiff import summary as summary_lib
 
 logger = logging.getLogger(__name__)
@@ -33,42 +34,6 @@ def _get_keras():
             "(TensorFlow brings Keras 3)."
         ) from error
     return keras
-
-
-def is_chief(strategy):
-    """Whether this process should write logs under `strategy`.
-
-    Single-process strategies (the default one, `MirroredStrategy`) always
-    write. In a multi-worker cluster the `chief` task writes, or worker 0 when
-    the cluster has no chief; every other worker stays silent, as Keras's own
-    `BackupAndRestore` and `ModelCheckpoint` do in TensorFlow's guides.
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return True
-    task_type = getattr(resolver, "task_type", None)
-    if not task_type:
-        return True
-    if task_type == "chief":
-        return True
-    if task_type != "worker":
-        return False
-    try:
-        cluster = resolver.cluster_spec().as_dict()
-    except Exception:  # pylint: disable=broad-except
-        cluster = {}
-    return "chief" not in cluster and int(getattr(resolver, "task_id", 0) or 0) == 0
-
-
-def _strategy_of(model):
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None:
-        return strategy
-    try:
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    return tf.distribute.get_strategy()
 
 
 # Backends whose `keras.ops.convert_to_numpy` returns a new array (`np.array(x)`)
@@ -209,7 +174,7 @@ def _build_callback_class(keras):
 
         def _is_chief(self):
             if self._chief is None:
-                self._chief = is_chief(_strategy_of(self.model))
+                self._chief = distribute.is_chief(distribute.strategy_of(self.model))
             return self._chief
 
         def _guard(self, function, *args):

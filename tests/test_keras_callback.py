@@ -13,7 +13,6 @@ import pytest
 
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
-from tb_weightdiff.keras import is_chief
 from conftest import requires_tf
 
 
@@ -161,7 +160,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tb_weightdiff.keras import WeightDiffCallback, is_chief
+from tb_weightdiff.distribute import is_chief
+from tb_weightdiff.keras import WeightDiffCallback
 logdir = sys.argv[1]
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 rng = np.random.default_rng(0)
@@ -201,54 +201,6 @@ def test_mirrored_strategy_over_two_cpus_writes_once(tmp_path):
         assert series.steps == [0, 1, 2], tag
         final = np.asarray(report["final"][tag])
         np.testing.assert_allclose(series.summaries[-1].stat("mean"), final.mean(), rtol=1e-6)
-
-
-class _Resolver:
-    def __init__(self, task_type, task_id, cluster):
-        self.task_type, self.task_id, self._cluster = task_type, task_id, cluster
-
-    def cluster_spec(self):
-        class _Spec:
-            def __init__(self, cluster):
-                self._cluster = cluster
-
-            def as_dict(self):
-                return self._cluster
-
-        return _Spec(self._cluster)
-
-
-class _Strategy:
-    def __init__(self, resolver):
-        self.cluster_resolver = resolver
-
-
-@pytest.mark.parametrize(
-    "task_type, task_id, cluster, expected",
-    [
-        (None, None, {}, True),
-        ("chief", 0, {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, True),
-        ("worker", 0, {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, False),
-        ("worker", 0, {"worker": ["b:1", "c:1"]}, True),
-        ("worker", 1, {"worker": ["b:1", "c:1"]}, False),
-        ("evaluator", 0, {"worker": ["b:1"], "evaluator": ["d:1"]}, False),
-        ("ps", 0, {"worker": ["b:1"], "ps": ["e:1"]}, False),
-    ],
-)
-def test_only_the_chief_writes(task_type, task_id, cluster, expected):
-    assert is_chief(_Strategy(_Resolver(task_type, task_id, cluster))) is expected
-    assert is_chief(object()) is True  # strategies without a cluster resolver
-
-
-@requires_tf
-def test_is_chief_with_tensorflow_cluster_resolver():
-    import tensorflow as tf
-
-    spec = tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]})
-    second = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=1)
-    first = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=0)
-    assert not is_chief(_Strategy(second))
-    assert is_chief(_Strategy(first))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("keras") is not None, reason="checks the message where Keras is absent")
