@@ -12,11 +12,11 @@ TensorFlow ops to the training graph and works with every Keras 3 backend.
 
 import logging
 import os
-import time
 
 import numpy as np
 
 from tb_weightdiff import distribute
+from tb_weightdiff import events
 from tb_weightdiff import summary as summary_lib
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ _COPYING_BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 
 
 def _build_callback_class(keras):
-    # pylint: disable=import-outside-toplevel
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer import event_file_writer
-
     class WeightDiffCallback(keras.callbacks.Callback):
         """Logs every weight tensor of the model before training and every `freq` epochs.
 
@@ -233,11 +229,7 @@ def _build_callback_class(keras):
 
         def _get_writer(self):
             if self._writer is None:
-                directory = os.path.join(self.log_dir, self.subdir)
-                os.makedirs(directory, exist_ok=True)
-                self._writer = event_file_writer.EventFileWriter(
-                    directory, filename_suffix=".tb_weightdiff"
-                )
+                self._writer = events.create_writer(os.path.join(self.log_dir, self.subdir))
             return self._writer
 
         def _log(self, step):
@@ -250,18 +242,15 @@ def _build_callback_class(keras):
                     reference = None  # the variable was rebuilt with a new shape
                 # `value` is this callback's own fresh host copy: sorting it in
                 # place saves a second copy of the largest tensor.
-                summary = summary_lib.weights_pb(
+                events.write_weights(
+                    writer,
                     tag,
                     value,
+                    step,
                     reference=reference,
                     buckets=self.buckets,
                     trainable=trainable,
                     overwrite_input=True,
-                )
-                writer.add_event(
-                    event_pb2.Event(
-                        step=step, wall_time=time.time(), summary=summary
-                    )
                 )
             writer.flush()
             self._last_logged_step = step
