@@ -205,8 +205,52 @@ def test_mirrored_strategy_over_two_cpus_writes_once(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("keras") is not None, reason="checks the message where Keras is absent")
 def test_callback_without_keras_names_the_install():
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'") as raised:
+        import tb_weightdiff.keras  # noqa: F401
+    assert raised.value.name == "keras"
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
         from tb_weightdiff.keras import WeightDiffCallback  # noqa: F401
+    assert "tb_weightdiff.keras" not in sys.modules  # a failed import leaves nothing half-built
+
+
+@requires_tf
+def test_the_callback_is_a_plain_module_level_class():
+    import inspect
+    import pydoc
+
+    import keras
+
+    import tb_weightdiff.keras
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    assert WeightDiffCallback.__qualname__ == "WeightDiffCallback"
+    assert WeightDiffCallback.__module__ == "tb_weightdiff.keras"
+    assert tb_weightdiff.keras.WeightDiffCallback is WeightDiffCallback
+    assert issubclass(WeightDiffCallback, keras.callbacks.Callback)
+    assert list(inspect.signature(WeightDiffCallback).parameters) == ["log_dir", "freq", "reference", "buckets", "subdir"]
+    assert "class WeightDiffCallback" in pydoc.render_doc(tb_weightdiff.keras, renderer=pydoc.plaintext)
+
+
+@requires_tf
+def test_the_callback_is_registered_and_its_config_round_trips():
+    import keras
+
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    assert keras.saving.get_registered_object("tb_weightdiff>WeightDiffCallback") is WeightDiffCallback
+    assert keras.saving.get_registered_name(WeightDiffCallback) == "tb_weightdiff>WeightDiffCallback"
+    callback = WeightDiffCallback("logs/run1", freq=2, reference=False, buckets=np.int64(7), subdir="validation")
+    config = callback.get_config()
+    assert config == {"log_dir": "logs/run1", "freq": 2, "reference": False, "buckets": 7, "subdir": "validation"}
+    json.dumps(config)  # plain values only
+    rebuilt = WeightDiffCallback.from_config(config)
+    assert type(rebuilt) is WeightDiffCallback and rebuilt.get_config() == config
+    assert WeightDiffCallback.from_config(WeightDiffCallback().get_config()).get_config() == WeightDiffCallback().get_config()
+    # Keras's own serialization finds it by its registered name.
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(callback)))
+    assert serialized["registered_name"] == "tb_weightdiff>WeightDiffCallback"
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is WeightDiffCallback and restored.get_config() == config
 
 
 @requires_tf

@@ -71,7 +71,7 @@ def test_the_plugin_side_imports_no_tensorflow():
     code = (
         "import sys\n"
         "import tb_weightdiff, tb_weightdiff.loader, tb_weightdiff.plugin, tb_weightdiff.cli\n"
-        "import tb_weightdiff.reader, tb_weightdiff.metadata, tb_weightdiff.summary, tb_weightdiff.keras\n"
+        "import tb_weightdiff.reader, tb_weightdiff.metadata, tb_weightdiff.summary\n"
         "import tb_weightdiff.distribute, tb_weightdiff.events\n"
         "from tb_weightdiff import summary\n"
         "summary.weights_pb('w', [1.0, 2.0])\n"
