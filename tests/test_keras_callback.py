@@ -211,6 +211,10 @@ def test_callback_without_keras_names_the_install():
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
         from tb_weightdiff.keras import WeightDiffCallback  # noqa: F401
     assert "tb_weightdiff.keras" not in sys.modules  # a failed import leaves nothing half-built
+    import tb_weightdiff
+
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
+        tb_weightdiff.keras  # pylint: disable=pointless-statement  (the lazy attribute)
 
 
 @requires_tf
