@@ -1,321 +1,284 @@
 """`WeightDiffCallback`: records every weight tensor of a Keras model across training.
 
-Importing this module is cheap; Keras (and so TensorFlow, or whichever Keras
-backend is configured) is imported the first time `WeightDiffCallback` is
-looked up, so `import tb_weightdiff.keras` works where Keras is absent and
-says how to install it only when the callback is used.
+Importing this module imports Keras (and so TensorFlow, or whichever Keras
+backend is configured); where Keras is missing the import raises
+`ModuleNotFoundError` naming the install command. The plugin side never
+imports it: `import tb_weightdiff` stays light, and `tb_weightdiff.keras`
+is imported the first time it is touched.
 
-The callback writes with TensorBoard's own event writer and the numpy-only
+The callback is registered for Keras serialization as
+`"tb_weightdiff>WeightDiffCallback"`; `get_config()` holds its constructor
+arguments. What it owns here is the Keras side: which variables, their tags,
+one host copy of each per step, when to log, and never failing a `fit`. The
+rest it shares with every training-side logger: it writes through
+`tb_weightdiff.events` (TensorBoard's own event writer and the numpy-only
 statistics behind `tb_weightdiff.summary.weights_pb`, so it adds no
-TensorFlow ops to the training graph and works with every Keras 3 backend.
+TensorFlow ops to the training graph and works with every Keras 3 backend),
+and only the process `tb_weightdiff.distribute.is_chief` picks writes.
 """
 
 import logging
 import os
-import time
 
 import numpy as np
 
+from tb_weightdiff import distribute
+from tb_weightdiff import events
 from tb_weightdiff import summary as summary_lib
+
+try:
+    import keras
+except ImportError as error:
+    raise ModuleNotFoundError(
+        "tb_weightdiff.keras.WeightDiffCallback needs Keras, which is not "
+        "installed. Please install it with `pip install 'tb-weightdiff[tf]'` "
+        "(TensorFlow brings Keras 3).",
+        name="keras",
+    ) from error
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WeightDiffCallback"]
-
-
-def _get_keras():
-    try:
-        import keras  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-        raise ModuleNotFoundError(
-            "tb_weightdiff.keras.WeightDiffCallback needs Keras, which is not "
-            "installed. Please install it with `pip install 'tb-weightdiff[tf]'` "
-            "(TensorFlow brings Keras 3)."
-        ) from error
-    return keras
-
-
-def is_chief(strategy):
-    """Whether this process should write logs under `strategy`.
-
-    Single-process strategies (the default one, `MirroredStrategy`) always
-    write. In a multi-worker cluster the `chief` task writes, or worker 0 when
-    the cluster has no chief; every other worker stays silent, as Keras's own
-    `BackupAndRestore` and `ModelCheckpoint` do in TensorFlow's guides.
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return True
-    task_type = getattr(resolver, "task_type", None)
-    if not task_type:
-        return True
-    if task_type == "chief":
-        return True
-    if task_type != "worker":
-        return False
-    try:
-        cluster = resolver.cluster_spec().as_dict()
-    except Exception:  # pylint: disable=broad-except
-        cluster = {}
-    return "chief" not in cluster and int(getattr(resolver, "task_id", 0) or 0) == 0
-
-
-def _strategy_of(model):
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None:
-        return strategy
-    try:
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    return tf.distribute.get_strategy()
-
 
 # Backends whose `keras.ops.convert_to_numpy` returns a new array (`np.array(x)`)
 # for a variable; for any other the callback copies the value itself.
 _COPYING_BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 
 
-def _build_callback_class(keras):
-    # pylint: disable=import-outside-toplevel
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer import event_file_writer
+@keras.saving.register_keras_serializable(package="tb_weightdiff")
+class WeightDiffCallback(keras.callbacks.Callback):
+    """Logs every weight tensor of the model before training and every `freq` epochs.
 
-    class WeightDiffCallback(keras.callbacks.Callback):
-        """Logs every weight tensor of the model before training and every `freq` epochs.
+    For each weight variable of each layer (nested models included) the
+    callback writes a `tb_weightdiff` summary (histogram, quantiles,
+    moments, health counts, and the distance from the weights before
+    training) under the tag `<variable path>`, e.g.
+    `sequential/conv2d/kernel`, the same path Keras's own `TensorBoard`
+    callback uses (it adds `/histogram`). Step 0 holds the weights before
+    training (logged in `on_train_begin`); step `n` the weights after `n`
+    epochs. Note that Keras's `TensorBoard` callback logs its histograms
+    at step `n - 1` after `n` epochs. A model that is not built when
+    `fit` starts (no `keras.Input`) gets its weights only inside the
+    first train step, which also updates them: step 0 then holds the
+    weights after the first batch, and a warning says so. Whether each
+    variable is trainable is recorded with every step.
 
-        For each weight variable of each layer (nested models included) the
-        callback writes a `tb_weightdiff` summary (histogram, quantiles,
-        moments, health counts, and the distance from the weights before
-        training) under the tag `<variable path>`, e.g.
-        `sequential/conv2d/kernel`, the same path Keras's own `TensorBoard`
-        callback uses (it adds `/histogram`). Step 0 holds the weights before
-        training (logged in `on_train_begin`); step `n` the weights after `n`
-        epochs. Note that Keras's `TensorBoard` callback logs its histograms
-        at step `n - 1` after `n` epochs. A model that is not built when
-        `fit` starts (no `keras.Input`) gets its weights only inside the
-        first train step, which also updates them: step 0 then holds the
-        weights after the first batch, and a warning says so. Whether each variable is trainable
-        is recorded with every step.
+    Events go to `<log_dir>/train`, beside those of
+    `keras.callbacks.TensorBoard(log_dir)`, so both appear as one run.
 
-        Events go to `<log_dir>/train`, beside those of
-        `keras.callbacks.TensorBoard(log_dir)`, so both appear as one run.
+    Memory: with `reference=True` (the default) the callback keeps a host
+    copy of every weight as it was before training, to measure how far each
+    moved: as many bytes as the model's weights (4 bytes per float32
+    parameter: 2.4 MB for a 612k-parameter CNN, 400 MB for 100M
+    parameters). Each logging step also copies one variable at a time to
+    the host and sorts that copy in place, so at its peak the callback
+    holds the reference plus the largest variable. Pass `reference=False`
+    to keep no copy; the tab then judges movement from histograms,
+    quantiles and fingerprints alone.
 
-        Memory: with `reference=True` (the default) the callback keeps a host
-        copy of every weight as it was before training, to measure how far each
-        moved: as many bytes as the model's weights (4 bytes per float32
-        parameter: 2.4 MB for a 612k-parameter CNN, 400 MB for 100M
-        parameters). Each logging step also copies one variable at a time to
-        the host and sorts that copy in place, so at its peak the callback
-        holds the reference plus the largest variable. Pass `reference=False`
-        to keep no copy; the tab then judges movement from histograms,
-        quantiles and fingerprints alone.
+    A failure while logging (a full disk, say) never stops training: it is
+    logged as a warning once and logging stops. Under a multi-worker
+    `tf.distribute` strategy only the chief writes.
 
-        A failure while logging (a full disk, say) never stops training: it is
-        logged as a warning once and logging stops. Under a multi-worker
-        `tf.distribute` strategy only the chief writes.
+    The callback is registered with Keras as
+    `"tb_weightdiff>WeightDiffCallback"`; `get_config()` returns its
+    constructor arguments and `from_config(config)` rebuilds it.
 
-        Args:
-          log_dir: the run directory, as given to `keras.callbacks.TensorBoard`;
-            events go to its `train` subdirectory.
-          freq: log every `freq` epochs (>= 1). The final weights are always
-            logged when training ends, even if `epochs` is not a multiple.
-          reference: keep the weights from before training on the host and
-            record each variable's distance from them.
-          buckets: histogram buckets per tensor (default 30, as TensorBoard).
-          subdir: the subdirectory of `log_dir` to write to (default "train").
+    Args:
+      log_dir: the run directory, as given to `keras.callbacks.TensorBoard`;
+        events go to its `train` subdirectory.
+      freq: log every `freq` epochs (>= 1). The final weights are always
+        logged when training ends, even if `epochs` is not a multiple.
+      reference: keep the weights from before training on the host and
+        record each variable's distance from them.
+      buckets: histogram buckets per tensor (default 30, as TensorBoard).
+      subdir: the subdirectory of `log_dir` to write to (default "train").
 
-        Example:
+    Example:
 
-        ```python
-        from tb_weightdiff.keras import WeightDiffCallback
+    ```python
+    from tb_weightdiff.keras import WeightDiffCallback
 
-        model.fit(
-            x_train, y_train, epochs=10,
-            callbacks=[
-                keras.callbacks.TensorBoard("logs/run1", histogram_freq=1),
-                WeightDiffCallback("logs/run1"),
-            ],
-        )
-        # then: tensorboard --logdir logs  (open the "Weight Diff" tab)
-        ```
-        """
+    model.fit(
+        x_train, y_train, epochs=10,
+        callbacks=[
+            keras.callbacks.TensorBoard("logs/run1", histogram_freq=1),
+            WeightDiffCallback("logs/run1"),
+        ],
+    )
+    # then: tensorboard --logdir logs  (open the "Weight Diff" tab)
+    ```
+    """
 
-        def __init__(self, log_dir="logs", freq=1, reference=True, buckets=None, subdir="train"):
-            super().__init__()
-            if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
-                raise ValueError("freq must be an int >= 1, got %r" % (freq,))
-            summary_lib._check_bucket_count(buckets)  # pylint: disable=protected-access
-            self.log_dir = os.fspath(log_dir)
-            self.freq = freq
-            self.keep_reference = bool(reference)
-            self.buckets = buckets
-            self.subdir = subdir
-            self._writer = None
-            self._reference = {}
-            self._baseline_logged = False
+    def __init__(self, log_dir="logs", freq=1, reference=True, buckets=None, subdir="train"):
+        super().__init__()
+        if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+            raise ValueError("freq must be an int >= 1, got %r" % (freq,))
+        self.log_dir = os.fspath(log_dir)
+        self.freq = freq
+        self.keep_reference = bool(reference)
+        # Checked here, where it was given, not at the first epoch's end; a
+        # plain int (not numpy's) keeps `get_config()` JSON-serializable.
+        self.buckets = None if buckets is None else summary_lib.check_buckets(buckets)
+        self.subdir = subdir
+        self._writer = None
+        self._reference = {}
+        self._baseline_logged = False
+        self._baseline_pending = False
+        self._last_logged_step = None
+        self._last_epoch = None
+        self._failed = False
+        self._chief = None
+
+    def get_config(self):
+        """The constructor arguments, for `from_config` and Keras serialization."""
+        return {
+            "log_dir": self.log_dir,
+            "freq": self.freq,
+            "reference": self.keep_reference,
+            "buckets": self.buckets,
+            "subdir": self.subdir,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """A new callback from `get_config()`'s dict (no state is carried over)."""
+        return cls(**config)
+
+    # -- Keras hooks ----------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        # A second `fit` on the same callback continues the same history:
+        # the reference and step 0 stay those of the first training.
+        if self._baseline_logged:
+            return
+        self._baseline_logged = True
+        if not self._is_chief():
+            return
+        if not self.model.weights:
+            # A model without an Input is built inside its first train
+            # step, which also applies the first update: the weights from
+            # before training never exist where a callback can see them.
+            self._baseline_pending = True
+            logger.warning(
+                "WeightDiffCallback: the model is not built before fit(), so "
+                "step 0 holds the weights after the first batch, not before "
+                "training. Build it first (keras.Input(...) or model.build(...)) "
+                "to record the initial weights."
+            )
+            return
+        self._record_baseline()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._baseline_pending:
             self._baseline_pending = False
-            self._last_logged_step = None
-            self._last_epoch = None
-            self._failed = False
-            self._chief = None
-
-        # -- Keras hooks ----------------------------------------------------
-
-        def on_train_begin(self, logs=None):
-            # A second `fit` on the same callback continues the same history:
-            # the reference and step 0 stay those of the first training.
-            if self._baseline_logged:
-                return
-            self._baseline_logged = True
-            if not self._is_chief():
-                return
-            if not self.model.weights:
-                # A model without an Input is built inside its first train
-                # step, which also applies the first update: the weights from
-                # before training never exist where a callback can see them.
-                self._baseline_pending = True
-                logger.warning(
-                    "WeightDiffCallback: the model is not built before fit(), so "
-                    "step 0 holds the weights after the first batch, not before "
-                    "training. Build it first (keras.Input(...) or model.build(...)) "
-                    "to record the initial weights."
-                )
-                return
             self._record_baseline()
 
-        def on_train_batch_end(self, batch, logs=None):
-            if self._baseline_pending:
-                self._baseline_pending = False
-                self._record_baseline()
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if (epoch + 1) % self.freq == 0:
+            self._guard(self._log, epoch + 1)
 
-        def on_epoch_end(self, epoch, logs=None):
-            self._last_epoch = epoch
-            if (epoch + 1) % self.freq == 0:
-                self._guard(self._log, epoch + 1)
+    def on_train_end(self, logs=None):
+        if self._last_epoch is not None and self._last_logged_step != self._last_epoch + 1:
+            self._guard(self._log, self._last_epoch + 1)
+        if self._writer is not None:
+            self._guard(self._writer.flush)
 
-        def on_train_end(self, logs=None):
-            if self._last_epoch is not None and self._last_logged_step != self._last_epoch + 1:
-                self._guard(self._log, self._last_epoch + 1)
-            if self._writer is not None:
-                self._guard(self._writer.flush)
+    # -- internals ------------------------------------------------------
 
-        # -- internals ------------------------------------------------------
+    def _record_baseline(self):
+        if self.keep_reference:
+            self._guard(self._snapshot_reference)
+        self._guard(self._log, 0)
 
-        def _record_baseline(self):
-            if self.keep_reference:
-                self._guard(self._snapshot_reference)
-            self._guard(self._log, 0)
+    def _is_chief(self):
+        if self._chief is None:
+            self._chief = distribute.is_chief(distribute.strategy_of(self.model))
+        return self._chief
 
-        def _is_chief(self):
-            if self._chief is None:
-                self._chief = is_chief(_strategy_of(self.model))
-            return self._chief
+    def _guard(self, function, *args):
+        if self._failed or not self._is_chief():
+            return
+        try:
+            function(*args)
+        except Exception as error:  # pylint: disable=broad-except
+            # Training matters more than its logs: warn once, then stop logging.
+            self._failed = True
+            logger.warning(
+                "WeightDiffCallback stopped logging after an error; training "
+                "continues: %s: %s",
+                type(error).__name__,
+                error,
+            )
 
-        def _guard(self, function, *args):
-            if self._failed or not self._is_chief():
-                return
+    def _variables(self):
+        """Unique weight variables, in model order, with their trainability."""
+        trainable = {id(v) for v in self.model.trainable_weights}
+        seen = set()
+        for variable in self.model.weights:
+            if id(variable) in seen:
+                continue
+            seen.add(id(variable))
+            yield variable, id(variable) in trainable
+
+    @staticmethod
+    def _tag(variable):
+        path = getattr(variable, "path", None) or variable.name
+        return path.replace(":", "_")
+
+    @staticmethod
+    def _host_value(variable):
+        """A host copy of `variable` that this callback owns (it gets sorted in place)."""
+        backend = keras.backend.backend()
+        value = None
+        if backend == "tensorflow":
+            # One copy: `convert_to_numpy` makes two (TensorFlow's own
+            # `numpy()`, then `np.array`), which doubles the peak memory
+            # and the time of the largest tensor.
+            read = getattr(getattr(variable, "value", None), "numpy", None)
             try:
-                function(*args)
-            except Exception as error:  # pylint: disable=broad-except
-                # Training matters more than its logs: warn once, then stop logging.
-                self._failed = True
-                logger.warning(
-                    "WeightDiffCallback stopped logging after an error; training "
-                    "continues: %s: %s",
-                    type(error).__name__,
-                    error,
-                )
+                value = np.asarray(read()) if read is not None else None
+            except Exception:  # pylint: disable=broad-except
+                value = None  # e.g. a distributed variable: the generic way below
+        if value is None:
+            value = np.asarray(keras.ops.convert_to_numpy(variable))
+        fresh = backend in _COPYING_BACKENDS
+        if not (fresh and value.flags.owndata and value.flags.writeable):
+            value = value.copy()
+        return value
 
-        def _variables(self):
-            """Unique weight variables, in model order, with their trainability."""
-            trainable = {id(v) for v in self.model.trainable_weights}
-            seen = set()
-            for variable in self.model.weights:
-                if id(variable) in seen:
-                    continue
-                seen.add(id(variable))
-                yield variable, id(variable) in trainable
+    def _snapshot_reference(self):
+        self._reference = {self._tag(v): self._host_value(v) for v, _ in self._variables()}
 
-        @staticmethod
-        def _tag(variable):
-            path = getattr(variable, "path", None) or variable.name
-            return path.replace(":", "_")
+    def _get_writer(self):
+        if self._writer is None:
+            self._writer = events.create_writer(os.path.join(self.log_dir, self.subdir))
+        return self._writer
 
-        @staticmethod
-        def _host_value(variable):
-            """A host copy of `variable` that this callback owns (it gets sorted in place)."""
-            backend = keras.backend.backend()
-            value = None
-            if backend == "tensorflow":
-                # One copy: `convert_to_numpy` makes two (TensorFlow's own
-                # `numpy()`, then `np.array`), which doubles the peak memory
-                # and the time of the largest tensor.
-                read = getattr(getattr(variable, "value", None), "numpy", None)
-                try:
-                    value = np.asarray(read()) if read is not None else None
-                except Exception:  # pylint: disable=broad-except
-                    value = None  # e.g. a distributed variable: the generic way below
-            if value is None:
-                value = np.asarray(keras.ops.convert_to_numpy(variable))
-            fresh = backend in _COPYING_BACKENDS
-            if not (fresh and value.flags.owndata and value.flags.writeable):
-                value = value.copy()
-            return value
+    def _log(self, step):
+        writer = self._get_writer()
+        for variable, trainable in self._variables():
+            tag = self._tag(variable)
+            value = self._host_value(variable)
+            reference = self._reference.get(tag)
+            if reference is not None and reference.size != value.size:
+                reference = None  # the variable was rebuilt with a new shape
+            # `value` is this callback's own fresh host copy: sorting it in
+            # place saves a second copy of the largest tensor.
+            events.write_weights(
+                writer,
+                tag,
+                value,
+                step,
+                reference=reference,
+                buckets=self.buckets,
+                trainable=trainable,
+                overwrite_input=True,
+            )
+        writer.flush()
+        self._last_logged_step = step
 
-        def _snapshot_reference(self):
-            self._reference = {self._tag(v): self._host_value(v) for v, _ in self._variables()}
-
-        def _get_writer(self):
-            if self._writer is None:
-                directory = os.path.join(self.log_dir, self.subdir)
-                os.makedirs(directory, exist_ok=True)
-                self._writer = event_file_writer.EventFileWriter(
-                    directory, filename_suffix=".tb_weightdiff"
-                )
-            return self._writer
-
-        def _log(self, step):
-            writer = self._get_writer()
-            for variable, trainable in self._variables():
-                tag = self._tag(variable)
-                value = self._host_value(variable)
-                reference = self._reference.get(tag)
-                if reference is not None and reference.size != value.size:
-                    reference = None  # the variable was rebuilt with a new shape
-                # `value` is this callback's own fresh host copy: sorting it in
-                # place saves a second copy of the largest tensor.
-                statistics = summary_lib.weight_statistics(
-                    value,
-                    reference=reference,
-                    buckets=self.buckets,
-                    trainable=trainable,
-                    overwrite_input=True,
-                )
-                summary = summary_lib._summary_pb(tag, statistics)  # pylint: disable=protected-access
-                writer.add_event(
-                    event_pb2.Event(
-                        step=step, wall_time=time.time(), summary=summary
-                    )
-                )
-            writer.flush()
-            self._last_logged_step = step
-
-        def reference_nbytes(self):
-            """Host bytes held by the reference snapshot (0 with `reference=False`)."""
-            return sum(array.nbytes for array in self._reference.values())
-
-    return WeightDiffCallback
-
-
-_CLASS_CACHE = {}
-
-
-def __getattr__(name):
-    # PEP 562: build the Keras subclass only when someone asks for it.
-    if name == "WeightDiffCallback":
-        if name not in _CLASS_CACHE:
-            _CLASS_CACHE[name] = _build_callback_class(_get_keras())
-        return _CLASS_CACHE[name]
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
-
+    def reference_nbytes(self):
+        """Host bytes held by the reference snapshot (0 with `reference=False`)."""
+        return sum(array.nbytes for array in self._reference.values())

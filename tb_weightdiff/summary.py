@@ -4,6 +4,8 @@ Both compute the same numbers with the same numpy code (`weight_statistics`);
 the TensorFlow op runs it through `tf.numpy_function`, so it works eagerly and
 inside `tf.function` on CPU hosts. TensorFlow is imported only when `weights`
 is called: `weights_pb` serves PyTorch, JAX and plain numpy code.
+`check_buckets` validates a `buckets=` argument ahead of time, for callers
+that take it long before they summarize (the Keras callback).
 
 What is recorded for one tensor at one step (the layout is documented, and
 decoded, in `tb_weightdiff.metadata`):
@@ -58,7 +60,21 @@ def _get_tensorflow():
     return tf
 
 
-def _check_bucket_count(buckets):
+def check_buckets(buckets):
+    """Validates a `buckets=` argument early and returns the bucket count it means.
+
+    For callers that take `buckets` long before they summarize anything (the
+    Keras callback's constructor), so a bad value fails where it was given.
+
+    Args:
+      buckets: `None` (the default, 30 buckets) or a non-negative int.
+
+    Returns:
+      The histogram's bucket count, an int.
+
+    Raises:
+      ValueError: `buckets` is not `None` or a non-negative int.
+    """
     if buckets is None:
         return metadata.DEFAULT_BUCKET_COUNT
     if isinstance(buckets, bool) or not isinstance(buckets, (int, np.integer)):
@@ -97,8 +113,8 @@ def _as_float(array):
 # three passes over memory. Blocks of up to 2 MiB of float64 stay in cache;
 # for smaller tensors a block is at most 1/128 of the tensor (at least 32 kB),
 # so the two buffers add about 3 % to the memory the tensor's own copy takes.
-# Smaller blocks would save memory but cost time: with 8 kB blocks a
-# 1M-value tensor took 16 ms instead of 11 (numpy's per-call overhead).
+# Smaller blocks would save memory but cost time: numpy's per-call overhead
+# then dominates (README, "Performance", has the measurement).
 _BLOCK = 1 << 18
 _SMALLEST_BLOCK = 1 << 12
 
@@ -312,7 +328,7 @@ def weight_statistics(
     Raises:
       ValueError: unsupported dtype, bad `buckets`, or a reference of another size.
     """
-    bucket_count = _check_bucket_count(buckets)
+    bucket_count = check_buckets(buckets)
     array = _as_numeric_array(data, "data")
     if reference is not None:
         reference = _as_numeric_array(reference, "reference")
@@ -414,7 +430,13 @@ def _summary_pb(name, values, description=None):
 
 
 def weights_pb(
-    name, data, reference=None, buckets=None, description=None, trainable=None
+    name,
+    data,
+    reference=None,
+    buckets=None,
+    description=None,
+    trainable=None,
+    overwrite_input=False,
 ):
     """Creates a weight summary protobuf, with numpy only.
 
@@ -431,6 +453,10 @@ def weights_pb(
       buckets: optional non-negative int, histogram buckets (default 30).
       description: optional long-form description (markdown).
       trainable: optional bool, whether the optimizer updates this tensor.
+      overwrite_input: as in `weight_statistics`: if True and `data` is a
+        writable numpy array, it is sorted in place (its values are lost),
+        which saves a host copy as large as the tensor. For callers that own a
+        fresh host copy, as the Keras callback does.
 
     Returns:
       A `tensorboard.compat.proto.summary_pb2.Summary` with one value.
@@ -439,7 +465,11 @@ def weights_pb(
       ValueError: as `weight_statistics`.
     """
     values = weight_statistics(
-        data, reference=reference, buckets=buckets, trainable=trainable
+        data,
+        reference=reference,
+        buckets=buckets,
+        trainable=trainable,
+        overwrite_input=overwrite_input,
     )
     return _summary_pb(name, values, description)
 
@@ -491,7 +521,7 @@ def weights(
       ModuleNotFoundError: TensorFlow is not installed.
     """
     tf = _get_tensorflow()
-    bucket_count = _check_bucket_count(buckets)
+    bucket_count = check_buckets(buckets)
     # Eagerly the values go to numpy directly and no tape sees them.
     detach = (lambda tensor: tensor) if tf.executing_eagerly() else tf.stop_gradient
     data = detach(tf.convert_to_tensor(data))

@@ -13,7 +13,6 @@ import pytest
 
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
-from tb_weightdiff.keras import is_chief
 from conftest import requires_tf
 
 
@@ -161,7 +160,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tb_weightdiff.keras import WeightDiffCallback, is_chief
+from tb_weightdiff.distribute import is_chief
+from tb_weightdiff.keras import WeightDiffCallback
 logdir = sys.argv[1]
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 rng = np.random.default_rng(0)
@@ -203,58 +203,58 @@ def test_mirrored_strategy_over_two_cpus_writes_once(tmp_path):
         np.testing.assert_allclose(series.summaries[-1].stat("mean"), final.mean(), rtol=1e-6)
 
 
-class _Resolver:
-    def __init__(self, task_type, task_id, cluster):
-        self.task_type, self.task_id, self._cluster = task_type, task_id, cluster
+@pytest.mark.skipif(importlib.util.find_spec("keras") is not None, reason="checks the message where Keras is absent")
+def test_callback_without_keras_names_the_install():
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'") as raised:
+        import tb_weightdiff.keras  # noqa: F401
+    assert raised.value.name == "keras"
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
+        from tb_weightdiff.keras import WeightDiffCallback  # noqa: F401
+    assert "tb_weightdiff.keras" not in sys.modules  # a failed import leaves nothing half-built
+    import tb_weightdiff
 
-    def cluster_spec(self):
-        class _Spec:
-            def __init__(self, cluster):
-                self._cluster = cluster
-
-            def as_dict(self):
-                return self._cluster
-
-        return _Spec(self._cluster)
-
-
-class _Strategy:
-    def __init__(self, resolver):
-        self.cluster_resolver = resolver
-
-
-@pytest.mark.parametrize(
-    "task_type, task_id, cluster, expected",
-    [
-        (None, None, {}, True),
-        ("chief", 0, {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, True),
-        ("worker", 0, {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, False),
-        ("worker", 0, {"worker": ["b:1", "c:1"]}, True),
-        ("worker", 1, {"worker": ["b:1", "c:1"]}, False),
-        ("evaluator", 0, {"worker": ["b:1"], "evaluator": ["d:1"]}, False),
-        ("ps", 0, {"worker": ["b:1"], "ps": ["e:1"]}, False),
-    ],
-)
-def test_only_the_chief_writes(task_type, task_id, cluster, expected):
-    assert is_chief(_Strategy(_Resolver(task_type, task_id, cluster))) is expected
-    assert is_chief(object()) is True  # strategies without a cluster resolver
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
+        tb_weightdiff.keras  # pylint: disable=pointless-statement  (the lazy attribute)
 
 
 @requires_tf
-def test_is_chief_with_tensorflow_cluster_resolver():
-    import tensorflow as tf
+def test_the_callback_is_a_plain_module_level_class():
+    import inspect
+    import pydoc
 
-    spec = tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]})
-    second = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=1)
-    first = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=0)
-    assert not is_chief(_Strategy(second))
-    assert is_chief(_Strategy(first))
+    import keras
+
+    import tb_weightdiff.keras
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    assert WeightDiffCallback.__qualname__ == "WeightDiffCallback"
+    assert WeightDiffCallback.__module__ == "tb_weightdiff.keras"
+    assert tb_weightdiff.keras.WeightDiffCallback is WeightDiffCallback
+    assert issubclass(WeightDiffCallback, keras.callbacks.Callback)
+    assert list(inspect.signature(WeightDiffCallback).parameters) == ["log_dir", "freq", "reference", "buckets", "subdir"]
+    assert "class WeightDiffCallback" in pydoc.render_doc(tb_weightdiff.keras, renderer=pydoc.plaintext)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("keras") is not None, reason="checks the message where Keras is absent")
-def test_callback_without_keras_names_the_install():
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tb-weightdiff\[tf\]'"):
-        from tb_weightdiff.keras import WeightDiffCallback  # noqa: F401
+@requires_tf
+def test_the_callback_is_registered_and_its_config_round_trips():
+    import keras
+
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    assert keras.saving.get_registered_object("tb_weightdiff>WeightDiffCallback") is WeightDiffCallback
+    assert keras.saving.get_registered_name(WeightDiffCallback) == "tb_weightdiff>WeightDiffCallback"
+    callback = WeightDiffCallback("logs/run1", freq=2, reference=False, buckets=np.int64(7), subdir="validation")
+    config = callback.get_config()
+    assert config == {"log_dir": "logs/run1", "freq": 2, "reference": False, "buckets": 7, "subdir": "validation"}
+    json.dumps(config)  # plain values only
+    rebuilt = WeightDiffCallback.from_config(config)
+    assert type(rebuilt) is WeightDiffCallback and rebuilt.get_config() == config
+    assert WeightDiffCallback.from_config(WeightDiffCallback().get_config()).get_config() == WeightDiffCallback().get_config()
+    # Keras's own serialization finds it by its registered name.
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(callback)))
+    assert serialized["registered_name"] == "tb_weightdiff>WeightDiffCallback"
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is WeightDiffCallback and restored.get_config() == config
 
 
 @requires_tf

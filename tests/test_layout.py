@@ -12,9 +12,9 @@ PACKAGE = os.path.dirname(os.path.abspath(tb_weightdiff.__file__))
 # modules of lower layers. A new module must be placed here on purpose.
 LAYERS = [
     {"version"},
-    {"metadata"},
+    {"metadata", "distribute"},
     {"summary", "distance", "reader"},
-    {"scores"},
+    {"scores", "events"},
     {"verdicts"},
     {"judge"},
     {"cache"},

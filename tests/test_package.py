@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 import tb_weightdiff
+from conftest import requires_tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,13 +73,57 @@ def test_the_plugin_side_imports_no_tensorflow():
     code = (
         "import sys\n"
         "import tb_weightdiff, tb_weightdiff.loader, tb_weightdiff.plugin, tb_weightdiff.cli\n"
-        "import tb_weightdiff.reader, tb_weightdiff.metadata, tb_weightdiff.summary, tb_weightdiff.keras\n"
+        "import tb_weightdiff.reader, tb_weightdiff.metadata, tb_weightdiff.summary\n"
+        "import tb_weightdiff.distribute, tb_weightdiff.events\n"
         "from tb_weightdiff import summary\n"
         "summary.weights_pb('w', [1.0, 2.0])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))\n" % (_HEAVY,)
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _run_python(code):
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()
+
+
+def test_importing_the_package_imports_nothing_heavy_and_summary_loads_on_touch():
+    code = (
+        "import sys\n"
+        "import tb_weightdiff\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tb_weightdiff')))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))\n"
+        "print(sorted(set(dir(tb_weightdiff)) & {'keras', 'summary'}))\n"
+        "pb = tb_weightdiff.summary.weights_pb('w', [1.0, 2.0])\n"
+        "print(pb.value[0].tag, tb_weightdiff.summary is sys.modules['tb_weightdiff.summary'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))\n"
+        "try:\n"
+        "    tb_weightdiff.no_such_module\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n" % (_HEAVY + ("numpy", "tensorboard"), _HEAVY)
+    )
+    assert _run_python(code) == [
+        "['tb_weightdiff', 'tb_weightdiff.version']",
+        "[]",
+        "['keras', 'summary']",
+        "w True",
+        "[]",
+        "module 'tb_weightdiff' has no attribute 'no_such_module'",
+    ]
+
+
+@requires_tf
+def test_the_keras_module_loads_keras_only_when_touched():
+    code = (
+        "import sys\n"
+        "import tb_weightdiff\n"
+        "print('keras' in sys.modules)\n"
+        "callback_class = tb_weightdiff.keras.WeightDiffCallback\n"
+        "print('keras' in sys.modules, callback_class.__module__, callback_class.__qualname__)\n"
+    )
+    assert _run_python(code)[-2:] == ["False", "True tb_weightdiff.keras WeightDiffCallback"]
 
 
 def test_loader_survives_a_broken_plugin_module(monkeypatch, caplog):

@@ -299,6 +299,29 @@ def test_bad_input_raises_value_error_pb(data, kwargs, message):
         summary.weights_pb("t", data, **kwargs)
 
 
+def test_check_buckets_returns_the_count_and_rejects_what_weights_pb_rejects():
+    assert summary.check_buckets(None) == metadata.DEFAULT_BUCKET_COUNT == 30
+    assert summary.check_buckets(7) == 7
+    assert summary.check_buckets(0) == 0
+    count = summary.check_buckets(np.int64(5))
+    assert count == 5 and type(count) is int
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="buckets"):
+            summary.check_buckets(bad)
+
+
+def test_weights_pb_overwrite_input_records_the_same_summary(rng):
+    data = rng.standard_normal((64, 9)).astype(np.float32)
+    reference = rng.standard_normal((64, 9)).astype(np.float32)
+    kept = data.copy()
+    expected = summary.weights_pb("t", data, reference=reference, trainable=True)
+    np.testing.assert_array_equal(data, kept)  # by default the caller's array is left alone
+    given_up = data.copy()
+    assert summary.weights_pb("t", given_up, reference=reference, trainable=True, overwrite_input=True) == expected
+    # Sorted where it lay: no second host copy of the tensor was made.
+    np.testing.assert_array_equal(given_up, np.sort(kept.reshape(-1)).reshape(kept.shape))
+
+
 @requires_tf
 @pytest.mark.parametrize(
     "make_data, kwargs, message",
