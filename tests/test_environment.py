@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_the_installed_package_is_under_test_not_the_checkout():
     package_dir = os.path.dirname(os.path.abspath(tb_weightdiff.__file__))
     assert not package_dir.startswith(REPO + os.sep + "tb_weightdiff"), package_dir
-    assert os.path.isfile(os.path.join(package_dir, "static", "index.js"))
+    assert os.path.isfile(os.path.join(package_dir, "frontend", "index.js"))
 
 
 @pytest.mark.skipif(not os.environ.get("TBWD_EXPECT_NO_TF"), reason="only in the no-TensorFlow job")
