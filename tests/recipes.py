@@ -146,6 +146,17 @@ def check_facts(variables, initial, final, grads, notes):
             problems.append("%s is statistics but trainable" % name)
     if problems:
         raise TruthError("; ".join(problems))
+    rms = {key: float(np.sqrt(np.mean(np.square(g, dtype=np.float64)))) for key, g in grads.items()
+           if g is not None and g.size}
+    largest = max(rms.values(), default=0.0)
+    for key, (fact, _, _) in variables.items():
+        if fact == "trains" and key in rms and rms[key] < 1e-6 * largest:
+            # e.g. the key bias of attention: softmax cancels it, so its
+            # gradient is zero but for rounding.
+            notes.setdefault(key[0], []).append(
+                "%s: its gradient at the start is only rounding noise (rms %.2g, the model's largest %.2g)."
+                % (key[1], rms[key], largest)
+            )
     for key, (fact, _, _) in variables.items():
         if fact == "dead_decay":
             before, after = initial[key].ravel().astype(np.float64), final[key].ravel().astype(np.float64)
@@ -257,13 +268,12 @@ def _keras_data_grads(model, x, y, data_loss):
 
 
 def keras_fit_logged(model, x, y, run_dir, facts, overrides=None, data_loss=None, callbacks=(), notes=None,
-                     check=True, **fit_args):
+                     **fit_args):
     """Fits `model` logged by both callbacks into `run_dir`, checks the truth, returns it.
 
     `data_loss(y, prediction)` is the loss without regularisation penalties
     (default: the compiled loss). `callbacks` run before the loggers, so both
-    see what they did. `check=False` skips the gradient and change checks
-    (the planted faults, whose truth test_calibration.py asserts).
+    see what they did.
     """
     keras = _keras()
     from tb_weightdiff.keras import WeightDiffCallback  # pylint: disable=import-outside-toplevel
@@ -271,12 +281,10 @@ def keras_fit_logged(model, x, y, run_dir, facts, overrides=None, data_loss=None
     variables = _keras_variables(model, facts, overrides or {})
     notes = {layer: [text] for layer, text in (notes or {}).items()}
     initial = _keras_snapshot(model)
-    grads = {}
-    if check:
-        if data_loss is None:
-            data_loss = keras.losses.get(model.loss)
-        batch = fit_args.get("batch_size", 32)
-        grads = _keras_data_grads(model, _slice(x, batch), _slice(y, batch), data_loss)
+    if data_loss is None:
+        data_loss = keras.losses.get(model.loss)
+    batch = fit_args.get("batch_size", 32)
+    grads = _keras_data_grads(model, _slice(x, batch), _slice(y, batch), data_loss)
     with warnings.catch_warnings():
         # An unused head has no gradient: Keras warns at every step.
         warnings.filterwarnings("ignore", message="Gradients do not exist")
@@ -286,8 +294,7 @@ def keras_fit_logged(model, x, y, run_dir, facts, overrides=None, data_loss=None
             **fit_args,
         )
     final = _keras_snapshot(model)
-    if check:
-        check_facts(variables, initial, final, grads, notes)
+    check_facts(variables, initial, final, grads, notes)
     truth = layer_truth(variables, notes)
     truth.final = final
     truth.initial = initial
@@ -327,13 +334,15 @@ TOP_BLOCK = ("block3_conv", "block3_bn")
 def _backbone(keras):
     layers = keras.layers
     inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="block1_conv")(inputs)
+    # No bias before a BatchNorm (as in ResNet): in training mode the
+    # BatchNorm cancels it, so its gradient is only rounding noise.
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="block1_conv")(inputs)
     x = layers.BatchNormalization(name="block1_bn")(x)
     x = layers.ReLU()(x)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block2_conv")(x)
     x = layers.MaxPooling2D(2)(x)
-    x = layers.Conv2D(16, 3, padding="same", name="block3_conv")(x)
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="block3_conv")(x)
     x = layers.BatchNormalization(name="block3_bn")(x)
     x = layers.ReLU()(x)
     return keras.Model(inputs, x, name="backbone")
@@ -341,7 +350,7 @@ def _backbone(keras):
 
 def _finetune_sizes(size):
     return sizes(size, ci=dict(pretrain_n=768, pretrain_epochs=4, n=384, head_epochs=3, tune_epochs=3),
-                 full=dict(pretrain_n=3072, pretrain_epochs=8, n=2048, head_epochs=6, tune_epochs=6))
+                 full=dict(pretrain_n=4096, pretrain_epochs=10, n=3072, head_epochs=8, tune_epochs=10))
 
 
 def _pretrained_backbone_weights(size, seed):
@@ -457,7 +466,7 @@ def train_keras_finetune_unfrozen_sgd(run_dir, size="ci", seed=0):
 def _small_cnn(keras, classes=4):
     layers = keras.layers
     inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="conv_1")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv_1")(inputs)
     x = layers.BatchNormalization(name="bn_1")(x)
     x = layers.ReLU()(x)
     x = layers.MaxPooling2D(2)(x)
@@ -469,7 +478,7 @@ def _small_cnn(keras, classes=4):
 
 
 def _schedule_sizes(size):
-    return sizes(size, ci=dict(n=384, epochs=12), full=dict(n=2048, epochs=24))
+    return sizes(size, ci=dict(n=384, epochs=12), full=dict(n=3072, epochs=32))
 
 
 def train_keras_lr_step_decay(run_dir, size="ci", seed=0):
@@ -530,7 +539,7 @@ def _dead_path_model(keras, l2=None):
 
 def _dead_path_sizes(size):
     # Batches of 16 for many steps: decay moves a dead path by ~lr*wd per step.
-    return sizes(size, ci=dict(n=1024, epochs=10, batch_size=16), full=dict(n=4096, epochs=15, batch_size=16))
+    return sizes(size, ci=dict(n=1024, epochs=10, batch_size=16), full=dict(n=4096, epochs=24, batch_size=16))
 
 
 def _train_keras_dead_path(name, run_dir, size, seed, optimizer, l2, facts, overrides, notes):
@@ -591,18 +600,20 @@ def train_keras_adam_l2_dead_path(run_dir, size="ci", seed=0):
 def train_keras_batchnorm(run_dir, size="ci", seed=0):
     keras = _keras()
     layers = keras.layers
-    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=4096, epochs=10))
+    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
     keras.utils.set_random_seed(seed)
     x, y = _teacher_task(rng_for("keras_batchnorm", seed), s["n"])
     inputs = keras.Input((16,))
-    h = layers.Dense(32, name="dense_1")(inputs)
+    # No bias before a BatchNorm in training mode (it cancels it: the
+    # gradient would be rounding noise); dense_2 feeds one in inference mode.
+    h = layers.Dense(32, use_bias=False, name="dense_1")(inputs)
     h = layers.BatchNormalization(name="bn_train")(h)
     h = layers.ReLU()(h)
     h = layers.Dense(32, name="dense_2")(h)
     # trainable=False: Keras 3 runs it in inference mode; nothing of it moves.
     h = layers.BatchNormalization(name="bn_frozen", trainable=False)(h)
     h = layers.ReLU()(h)
-    h = layers.Dense(32, name="dense_3")(h)
+    h = layers.Dense(32, use_bias=False, name="dense_3")(h)
     # No gamma, no beta: its only variables are the moving statistics.
     h = layers.BatchNormalization(name="bn_stats_only", center=False, scale=False)(h)
     h = layers.ReLU()(h)
@@ -650,7 +661,7 @@ def embedding_note(initial, final, used):
 def train_keras_layernorm_embedding_attention(run_dir, size="ci", seed=0):
     keras = _keras()
     layers = keras.layers
-    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=4096, epochs=10))
+    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
     keras.utils.set_random_seed(seed)
     tokens, label, used = token_task(rng_for("keras_layernorm_embedding_attention", seed), s["n"])
     inputs = keras.Input((SEQUENCE,), dtype="int32")
@@ -692,8 +703,7 @@ def _train_keras_planted(model_name, run_dir, size, seed):
     # with the permuted (trainable=False) kernel, which alone is permuted.
     overrides = {"slow_dense/bias": "trains", "nan_dense/bias": "trains", "permuted_dense/bias": "frozen"}
     overrides = {"%s/%s" % (model_name, k): v for k, v in overrides.items()}
-    return keras_fit_logged(model, x, y, run_dir, facts, overrides, callbacks=[Sabotage(seed)], check=False,
-                            **fit_args)
+    return keras_fit_logged(model, x, y, run_dir, facts, overrides, callbacks=[Sabotage(seed)], **fit_args)
 
 
 def train_keras_planted_mlp(run_dir, size="ci", seed=0):

@@ -42,6 +42,27 @@ def _torch():
     return torch
 
 
+def _one_thread(train):
+    """Runs a recipe on one intra-op thread, then restores the setting.
+
+    The models are tiny: one thread trains them faster (two spin-wait when
+    another process shares the cores), and the results then do not depend on
+    the machine's core count.
+    """
+
+    def wrapped(run_dir, size="ci", seed=0):
+        torch = _torch()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return train(run_dir, size=size, seed=seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    wrapped.__name__, wrapped.__doc__ = train.__name__, train.__doc__
+    return wrapped
+
+
 class TorchLogger:
     """Both kinds of summaries for every parameter of `model`, into `SummaryWriter(run_dir)`."""
 
@@ -202,12 +223,14 @@ def _train_torch_dead_path_mlp(name, run_dir, size, seed, make_optimizer, notes=
                       notes=dict({"detached_branch": _DETACHED_NOTE}, **(notes or {})))
 
 
+@_one_thread
 def train_torch_adamw_dead_path(run_dir, size="ci", seed=0):
     torch = _torch()
     return _train_torch_dead_path_mlp("torch_adamw_dead_path", run_dir, size, seed,
                                       lambda params: torch.optim.AdamW(params, lr=1e-3))
 
 
+@_one_thread
 def train_torch_adam_l2_dead_path(run_dir, size="ci", seed=0):
     torch = _torch()
     return _train_torch_dead_path_mlp(
@@ -243,10 +266,11 @@ def _dead_path_cnn(torch):
     return DeadPathCNN()
 
 
+@_one_thread
 def train_torch_sgd_wd_dead_path(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
-    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=2048, epochs=10))
+    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=3072, epochs=16))
     torch.manual_seed(seed)
     x, theta = _images("torch_sgd_wd_dead_path", seed, s["n"])
     y = _tensors(common.orientation_classes(theta).astype(np.int64))[0]
@@ -265,18 +289,19 @@ _CACHE = {}
 
 def _finetune_sizes(size):
     return _common().sizes(size, ci=dict(pretrain_n=768, pretrain_epochs=4, n=384, head_epochs=3, tune_epochs=3),
-                           full=dict(pretrain_n=3072, pretrain_epochs=8, n=2048, head_epochs=6, tune_epochs=6))
+                           full=dict(pretrain_n=4096, pretrain_epochs=10, n=3072, head_epochs=8, tune_epochs=10))
 
 
 def _backbone(torch):
     nn = torch.nn
     return nn.Sequential(collections.OrderedDict(
         block1=nn.Sequential(collections.OrderedDict(
-            conv=nn.Conv2d(3, 8, 3, padding=1), bn=nn.BatchNorm2d(8), relu=nn.ReLU(), pool=nn.MaxPool2d(2))),
+            conv=nn.Conv2d(3, 8, 3, padding=1, bias=False), bn=nn.BatchNorm2d(8), relu=nn.ReLU(),
+            pool=nn.MaxPool2d(2))),
         block2=nn.Sequential(collections.OrderedDict(
             conv=nn.Conv2d(8, 16, 3, padding=1), relu=nn.ReLU(), pool=nn.MaxPool2d(2))),
         block3=nn.Sequential(collections.OrderedDict(
-            conv=nn.Conv2d(16, 16, 3, padding=1), bn=nn.BatchNorm2d(16), relu=nn.ReLU())),
+            conv=nn.Conv2d(16, 16, 3, padding=1, bias=False), bn=nn.BatchNorm2d(16), relu=nn.ReLU())),
     ))
 
 
@@ -346,6 +371,7 @@ def _frozen_backbone_model(torch, size, seed):
     return model, train_mode
 
 
+@_one_thread
 def train_torch_finetune_head(run_dir, size="ci", seed=0):
     torch = _torch()
     model, train_mode = _frozen_backbone_model(torch, size, seed)
@@ -357,6 +383,7 @@ def train_torch_finetune_head(run_dir, size="ci", seed=0):
     return truth
 
 
+@_one_thread
 def train_torch_finetune_unfrozen_adam(run_dir, size="ci", seed=0):
     torch = _torch()
     model, train_mode = _frozen_backbone_model(torch, size, seed)
@@ -385,21 +412,24 @@ def train_torch_finetune_unfrozen_adam(run_dir, size="ci", seed=0):
 # -- normalisation --
 
 
+@_one_thread
 def train_torch_batchnorm_layernorm(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=2048, epochs=10))
+    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=3072, epochs=16))
     torch.manual_seed(seed)
 
     class NormNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv_1 = nn.Conv2d(3, 8, 3, padding=1)
+            # No bias before a BatchNorm in train mode (it cancels it: the
+            # gradient would be rounding noise); conv_2 feeds one in eval mode.
+            self.conv_1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
             self.bn_train = nn.BatchNorm2d(8)
             self.conv_2 = nn.Conv2d(8, 16, 3, padding=1)
             self.bn_eval = nn.BatchNorm2d(16)  # requires_grad=False and kept in eval mode
-            self.conv_3 = nn.Conv2d(16, 16, 3, padding=1)
+            self.conv_3 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
             self.bn_affine_frozen = nn.BatchNorm2d(16)  # requires_grad=False, left in train mode
             self.fc = nn.Linear(16, 32)
             self.layer_norm = nn.LayerNorm(32)
@@ -440,11 +470,12 @@ def train_torch_batchnorm_layernorm(run_dir, size="ci", seed=0):
 # -- Embedding and attention --
 
 
+@_one_thread
 def train_torch_embedding_attention(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=512, epochs=5), full=dict(n=4096, epochs=10))
+    s = common.sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
     torch.manual_seed(seed)
 
     class TokenNet(nn.Module):
@@ -471,11 +502,12 @@ def train_torch_embedding_attention(run_dir, size="ci", seed=0):
 # -- schedules --
 
 
+@_one_thread
 def train_torch_cosine_schedule(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=512, epochs=15), full=dict(n=4096, epochs=30))
+    s = common.sizes(size, ci=dict(n=512, epochs=15), full=dict(n=8192, epochs=40))
     torch.manual_seed(seed)
     model = nn.Sequential(collections.OrderedDict(
         fc_1=nn.Linear(16, 64), relu_1=nn.ReLU(), fc_2=nn.Linear(64, 64), relu_2=nn.ReLU(), head=nn.Linear(64, 4)))
