@@ -350,7 +350,7 @@ def _backbone(keras):
 
 def _finetune_sizes(size):
     return sizes(size, ci=dict(pretrain_n=768, pretrain_epochs=4, n=384, head_epochs=3, tune_epochs=3),
-                 full=dict(pretrain_n=4096, pretrain_epochs=10, n=3072, head_epochs=8, tune_epochs=10))
+                 full=dict(pretrain_n=8192, pretrain_epochs=10, n=8192, head_epochs=10, tune_epochs=10))
 
 
 def _pretrained_backbone_weights(size, seed):
@@ -478,7 +478,7 @@ def _small_cnn(keras, classes=4):
 
 
 def _schedule_sizes(size):
-    return sizes(size, ci=dict(n=384, epochs=12), full=dict(n=3072, epochs=32))
+    return sizes(size, ci=dict(n=384, epochs=12), full=dict(n=8192, epochs=40))
 
 
 def train_keras_lr_step_decay(run_dir, size="ci", seed=0):
@@ -539,7 +539,7 @@ def _dead_path_model(keras, l2=None):
 
 def _dead_path_sizes(size):
     # Batches of 16 for many steps: decay moves a dead path by ~lr*wd per step.
-    return sizes(size, ci=dict(n=1024, epochs=10, batch_size=16), full=dict(n=4096, epochs=24, batch_size=16))
+    return sizes(size, ci=dict(n=1024, epochs=10, batch_size=16), full=dict(n=8192, epochs=30, batch_size=16))
 
 
 def _train_keras_dead_path(name, run_dir, size, seed, optimizer, l2, facts, overrides, notes):
@@ -600,7 +600,7 @@ def train_keras_adam_l2_dead_path(run_dir, size="ci", seed=0):
 def train_keras_batchnorm(run_dir, size="ci", seed=0):
     keras = _keras()
     layers = keras.layers
-    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
+    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=16384, epochs=20))
     keras.utils.set_random_seed(seed)
     x, y = _teacher_task(rng_for("keras_batchnorm", seed), s["n"])
     inputs = keras.Input((16,))
@@ -661,7 +661,7 @@ def embedding_note(initial, final, used):
 def train_keras_layernorm_embedding_attention(run_dir, size="ci", seed=0):
     keras = _keras()
     layers = keras.layers
-    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
+    s = sizes(size, ci=dict(n=512, epochs=5), full=dict(n=16384, epochs=20))
     keras.utils.set_random_seed(seed)
     tokens, label, used = token_task(rng_for("keras_layernorm_embedding_attention", seed), s["n"])
     inputs = keras.Input((SEQUENCE,), dtype="int32")

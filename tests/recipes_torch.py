@@ -270,7 +270,7 @@ def _dead_path_cnn(torch):
 def train_torch_sgd_wd_dead_path(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
-    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=3072, epochs=16))
+    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=8192, epochs=20))
     torch.manual_seed(seed)
     x, theta = _images("torch_sgd_wd_dead_path", seed, s["n"])
     y = _tensors(common.orientation_classes(theta).astype(np.int64))[0]
@@ -289,7 +289,7 @@ _CACHE = {}
 
 def _finetune_sizes(size):
     return _common().sizes(size, ci=dict(pretrain_n=768, pretrain_epochs=4, n=384, head_epochs=3, tune_epochs=3),
-                           full=dict(pretrain_n=4096, pretrain_epochs=10, n=3072, head_epochs=8, tune_epochs=10))
+                           full=dict(pretrain_n=8192, pretrain_epochs=10, n=8192, head_epochs=10, tune_epochs=10))
 
 
 def _backbone(torch):
@@ -417,7 +417,7 @@ def train_torch_batchnorm_layernorm(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=3072, epochs=16))
+    s = common.sizes(size, ci=dict(n=384, epochs=5), full=dict(n=8192, epochs=20))
     torch.manual_seed(seed)
 
     class NormNet(nn.Module):
@@ -475,7 +475,7 @@ def train_torch_embedding_attention(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=512, epochs=5), full=dict(n=8192, epochs=16))
+    s = common.sizes(size, ci=dict(n=512, epochs=5), full=dict(n=16384, epochs=20))
     torch.manual_seed(seed)
 
     class TokenNet(nn.Module):
@@ -507,7 +507,7 @@ def train_torch_cosine_schedule(run_dir, size="ci", seed=0):
     torch = _torch()
     common = _common()
     nn = torch.nn
-    s = common.sizes(size, ci=dict(n=512, epochs=15), full=dict(n=8192, epochs=40))
+    s = common.sizes(size, ci=dict(n=512, epochs=15), full=dict(n=16384, epochs=60))
     torch.manual_seed(seed)
     model = nn.Sequential(collections.OrderedDict(
         fc_1=nn.Linear(16, 64), relu_1=nn.ReLU(), fc_2=nn.Linear(64, 64), relu_2=nn.ReLU(), head=nn.Linear(64, 4)))
