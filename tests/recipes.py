@@ -848,6 +848,8 @@ def contradictions(truths, reports):
     matched to recipes by their first path component.
     """
     rows, statistics = [], []
+    order = {name: index for index, name in enumerate(truths)}
+    sources = {source: index for index, source in enumerate(reports)}
     for source, report in reports.items():
         for run_entry in report["runs"]:
             recipe = run_entry["run"].split("/")[0]
@@ -864,7 +866,11 @@ def contradictions(truths, reports):
                     statistics.append((recipe, source, layer["name"], fact, None, layer))
                 elif layer["verdict"] != expected:
                     rows.append((recipe, source, layer["name"], fact, expected, layer))
-    return rows, statistics
+
+    def key(row):
+        return order.get(row[0], len(order)), sources[row[1]]
+
+    return sorted(rows, key=key), sorted(statistics, key=key)
 
 
 def contradictions_markdown(truths, reports):
@@ -886,6 +892,10 @@ def contradictions_markdown(truths, reports):
                 if run_entry["run"].split("/")[0] in truths)
     lines.append("")
     lines.append("%d of %d judged layers contradict the truth." % (len(rows), total))
+    wrong = {row[0] for row in rows}
+    right = [name for name in truths if name not in wrong]
+    if right:
+        lines.append("No contradiction from either source in: %s." % ", ".join(right))
     if statistics:
         lines.append("")
         lines.append("Layers whose fact prescribes no verdict (`statistics`):")
