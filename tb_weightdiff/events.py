@@ -14,12 +14,20 @@ TensorBoard's `tensorboard.compat.tf`, which uses TensorFlow's file system
 import os
 import time
 
+import numpy as np
 from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer import event_file_writer
+from tensorboard.util import tensor_util
 
+from tb_weightdiff import metadata
 from tb_weightdiff import summary as summary_lib
 
-__all__ = ["FILENAME_SUFFIX", "create_writer", "write_weights"]
+__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_weights"]
+
+# TensorBoard's own scalar metadata: the optimizer's state shows in the Scalars tab too.
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
 
 FILENAME_SUFFIX = ".tb_weightdiff"
 
@@ -44,14 +52,15 @@ def write_weights(
     buckets=None,
     trainable=None,
     overwrite_input=False,
+    layer_type=None,
 ):
     """Adds one event holding the weight summary of `data` at `step`.
 
     Args:
       writer: an `EventFileWriter` (from `create_writer`), or anything with
         its `add_event(event)`.
-      name, data, reference, buckets, trainable, overwrite_input: as in
-        `tb_weightdiff.summary.weights_pb`; `name` is the tag.
+      name, data, reference, buckets, trainable, overwrite_input, layer_type:
+        as in `tb_weightdiff.summary.weights_pb`; `name` is the tag.
       step: the event's step (int).
 
     Raises:
@@ -64,5 +73,26 @@ def write_weights(
         buckets=buckets,
         trainable=trainable,
         overwrite_input=overwrite_input,
+        layer_type=layer_type,
     )
     writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
+
+
+def write_optimizer(writer, step, updates=None, learning_rate=None):
+    """Adds the optimizer's state at `step` as two TensorBoard scalars (what is known of it).
+
+    `updates` is the optimizer's update count so far, `learning_rate` its
+    current learning rate; the verdicts read them to say how far each layer
+    moved per update (`metadata.OPTIMIZER_UPDATES_TAG`, `LEARNING_RATE_TAG`).
+    """
+    summary = summary_pb2.Summary()
+    for tag, value in ((metadata.OPTIMIZER_UPDATES_TAG, updates), (metadata.LEARNING_RATE_TAG, learning_rate)):
+        if value is None:
+            continue
+        summary.value.add(
+            tag=tag,
+            metadata=_SCALAR_METADATA,
+            tensor=tensor_util.make_tensor_proto(float(value), dtype=np.float32),
+        )
+    if summary.value:
+        writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))

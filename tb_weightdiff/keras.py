@@ -222,6 +222,31 @@ class WeightDiffCallback(keras.callbacks.Callback):
             seen.add(id(variable))
             yield variable, id(variable) in trainable
 
+    def _layer_types(self):
+        """`{id(variable): class name of the innermost layer that owns it}`."""
+        found = {}
+        pending = [self.model]
+        while pending:
+            layer = pending.pop()
+            for variable in getattr(layer, "weights", ()):
+                found[id(variable)] = type(layer).__name__  # inner layers come later and win
+            pending.extend(reversed(getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []))
+        return found
+
+    def _optimizer_state(self):
+        """`(update count, learning rate)` of the model's optimizer, None where unknown."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return None, None
+        values = []
+        for name in ("iterations", "learning_rate"):
+            try:
+                value = float(np.asarray(keras.ops.convert_to_numpy(getattr(optimizer, name))))
+            except Exception:  # pylint: disable=broad-except
+                value = None  # an optimizer without it, or a schedule it cannot evaluate
+            values.append(value)
+        return tuple(values)
+
     @staticmethod
     def _tag(variable):
         path = getattr(variable, "path", None) or variable.name
@@ -258,6 +283,7 @@ class WeightDiffCallback(keras.callbacks.Callback):
 
     def _log(self, step):
         writer = self._get_writer()
+        layer_types = self._layer_types()
         for variable, trainable in self._variables():
             tag = self._tag(variable)
             value = self._host_value(variable)
@@ -275,7 +301,10 @@ class WeightDiffCallback(keras.callbacks.Callback):
                 buckets=self.buckets,
                 trainable=trainable,
                 overwrite_input=True,
+                layer_type=layer_types.get(id(variable)),
             )
+        updates, learning_rate = self._optimizer_state()
+        events.write_optimizer(writer, step, updates=updates, learning_rate=learning_rate)
         writer.flush()
         self._last_logged_step = step
 

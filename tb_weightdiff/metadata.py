@@ -21,8 +21,16 @@ without finite values, the reference statistics when no reference was given,
 The summary's `SummaryMetadata` has `plugin_name == PLUGIN_NAME`,
 `data_class == DATA_CLASS_TENSOR` (without it both TensorBoard loaders drop
 the data) and `content` holding JSON: `{"version": 1, "stats": S,
-"quantiles": Q}`. A reader meeting a version it does not know raises
-`UnsupportedVersionError`; callers skip that series and say so.
+"quantiles": Q}`, and optionally `"layer_type"`: the class of the layer the
+tensor belongs to (`Dense`, `Embedding`, `LayerNorm`...), which tells the
+verdicts which layers are alike. Readers ignore keys they do not know. A
+reader meeting a version it does not know raises `UnsupportedVersionError`;
+callers skip that series and say so.
+
+Beside the weights, a writer that knows its optimizer logs two ordinary
+TensorBoard scalars per logged step (plugin `scalars`, so they also show in
+the Scalars tab): `OPTIMIZER_UPDATES_TAG`, the optimizer's update count,
+and `LEARNING_RATE_TAG`, its learning rate.
 """
 
 import collections.abc
@@ -45,6 +53,12 @@ HISTOGRAM_PLUGIN_NAME = "histograms"
 FORMAT_VERSION = 1
 
 DEFAULT_BUCKET_COUNT = 30
+
+# The plugin name of TensorBoard's scalars, and the tags of the optimizer's
+# state that writers log beside the weights.
+SCALARS_PLUGIN_NAME = "scalars"
+OPTIMIZER_UPDATES_TAG = "tb_weightdiff/optimizer/updates"
+LEARNING_RATE_TAG = "tb_weightdiff/optimizer/learning_rate"
 
 STAT_FIELDS = (
     "count",  # every element, finite or not
@@ -85,6 +99,7 @@ class PluginData:
     version: int
     stat_count: int
     quantile_count: int
+    layer_type: str = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +121,22 @@ class WeightSummary:
         return self.stats[name]
 
 
-def create_summary_metadata(display_name=None, description=None):
-    """Returns the `SummaryMetadata` every tb_weightdiff summary carries."""
-    content = json.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "stats": len(STAT_FIELDS),
-            "quantiles": len(QUANTILE_PROBABILITIES),
-        },
-        separators=(",", ":"),
-    ).encode("utf-8")
+def create_summary_metadata(display_name=None, description=None, layer_type=None):
+    """Returns the `SummaryMetadata` every tb_weightdiff summary carries.
+
+    Args:
+      display_name, description: as for any TensorBoard summary.
+      layer_type: optional class name of the tensor's layer (`Dense`,
+        `Embedding`, `LayerNorm`...).
+    """
+    fields = {
+        "version": FORMAT_VERSION,
+        "stats": len(STAT_FIELDS),
+        "quantiles": len(QUANTILE_PROBABILITIES),
+    }
+    if layer_type:
+        fields["layer_type"] = str(layer_type)
+    content = json.dumps(fields, separators=(",", ":")).encode("utf-8")
     return summary_pb2.SummaryMetadata(
         display_name=display_name or "",
         summary_description=description or "",
@@ -161,7 +182,8 @@ def parse_plugin_metadata(content):
             "malformed tb_weightdiff metadata: layout %r/%r does not match "
             "version %d" % (stat_count, quantile_count, version)
         )
-    return PluginData(version, stat_count, quantile_count)
+    layer_type = parsed.get("layer_type")
+    return PluginData(version, stat_count, quantile_count, layer_type if isinstance(layer_type, str) else None)
 
 
 def encode(stats, quantiles, histogram):

@@ -406,24 +406,24 @@ def weight_statistics(
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _default_summary_metadata():
-    return metadata.create_summary_metadata()
+@functools.lru_cache(maxsize=64)
+def _shared_summary_metadata(layer_type):
+    return metadata.create_summary_metadata(layer_type=layer_type)
 
 
-def _summary_metadata(description):
-    """The summary metadata; without a description one shared, read-only instance."""
+def _summary_metadata(description, layer_type=None):
+    """The summary metadata; without a description one shared, read-only instance per layer type."""
     if description:
-        return metadata.create_summary_metadata(description=description)
-    return _default_summary_metadata()
+        return metadata.create_summary_metadata(description=description, layer_type=layer_type)
+    return _shared_summary_metadata(layer_type)
 
 
-def _summary_pb(name, values, description=None):
+def _summary_pb(name, values, description=None, layer_type=None):
     """A `Summary` holding one stored tensor from `weight_statistics`."""
     summary = summary_pb2.Summary()
     summary.value.add(
         tag=name,
-        metadata=_summary_metadata(description),
+        metadata=_summary_metadata(description, layer_type),
         tensor=tensor_util.make_tensor_proto(values, dtype=np.float64),
     )
     return summary
@@ -437,6 +437,7 @@ def weights_pb(
     description=None,
     trainable=None,
     overwrite_input=False,
+    layer_type=None,
 ):
     """Creates a weight summary protobuf, with numpy only.
 
@@ -457,6 +458,10 @@ def weights_pb(
         writable numpy array, it is sorted in place (its values are lost),
         which saves a host copy as large as the tensor. For callers that own a
         fresh host copy, as the Keras callback does.
+      layer_type: optional class name of the tensor's layer (`"Dense"`,
+        `"Embedding"`, `"LayerNorm"`): recorded in the metadata, it tells the
+        verdicts which layers to compare with which (a sparse embedding is
+        not held to a dense layer's movement).
 
     Returns:
       A `tensorboard.compat.proto.summary_pb2.Summary` with one value.
@@ -471,7 +476,7 @@ def weights_pb(
         trainable=trainable,
         overwrite_input=overwrite_input,
     )
-    return _summary_pb(name, values, description)
+    return _summary_pb(name, values, description, layer_type)
 
 
 def weights(

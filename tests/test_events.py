@@ -61,3 +61,23 @@ def test_create_writer_fails_where_a_file_blocks_the_directory(tmp_path):
     blocker.write_text("a file where the log directory should go")
     with pytest.raises(OSError):
         events.create_writer(blocker / "train")
+
+
+def test_the_optimizer_state_is_logged_as_scalars_and_read_back(tmp_path, loader):
+    writer = events.create_writer(tmp_path / "run1")
+    for step, updates, rate in ((0, 0, 1e-3), (1, 50, 5e-4), (2, 100, 2.5e-4)):
+        events.write_weights(writer, "fc1/weight", np.arange(6.0) * (step + 1), step, layer_type="Linear")
+        events.write_optimizer(writer, step, updates=updates, learning_rate=rate)
+    events.write_optimizer(writer, 3, updates=None, learning_rate=None)  # nothing known: nothing written
+    writer.close()
+    with reader.open_logdir(str(tmp_path), loader=loader) as opened:
+        optimizer = reader.read_optimizer(opened, ["run1", "missing"])
+        (series,), _ = reader.read_series(opened)
+    assert optimizer == {
+        "run1": {
+            "steps": [0, 1, 2],
+            "updates": [0.0, 50.0, 100.0],
+            "learning_rate": [pytest.approx(1e-3), pytest.approx(5e-4), pytest.approx(2.5e-4)],
+        }
+    }
+    assert series.layer_type == "Linear"

@@ -95,6 +95,15 @@ def test_callback_records_before_and_after_training(tmp_path):
         else:
             assert last.stat("reference_distance") > 0, tag
     assert callback.reference_nbytes() == sum(a.nbytes for a in initial.values())
+    # Each tensor names its layer's class; the optimizer's update count and
+    # learning rate sit beside them as TensorBoard scalars.
+    assert {tag: series.layer_type for tag, series in ours.items()} == {tag: "Dense" for tag in ours}
+    with reader.open_logdir(str(tmp_path), loader="python") as opened:
+        optimizer = reader.read_optimizer(opened, ["run1/train"])["run1/train"]
+    steps_per_epoch = len(x) // 32
+    assert optimizer["steps"] == [0, 1, 2, 3]
+    assert optimizer["updates"] == [0.0] + [float(steps_per_epoch * epoch) for epoch in (1, 2, 3)]
+    assert optimizer["learning_rate"] == [pytest.approx(0.01)] * 4
 
 
 @requires_tf

@@ -99,3 +99,18 @@ def test_decode_series_rejects_what_decode_rejects():
         metadata.decode_series([good.reshape(1, -1), good.reshape(1, -1)])
     with pytest.raises(ValueError, match="dtype"):
         metadata.decode_series([good.astype(np.int64)])
+
+
+def test_layer_type_is_an_optional_key_older_readers_ignore():
+    import json
+
+    created = metadata.create_summary_metadata(layer_type="Embedding")
+    content = json.loads(created.plugin_data.content)
+    assert content["layer_type"] == "Embedding" and content["version"] == metadata.FORMAT_VERSION
+    assert metadata.parse_plugin_metadata(created.plugin_data.content).layer_type == "Embedding"
+    # Without it (older writers), and with keys this reader does not know, it still parses.
+    plain = metadata.create_summary_metadata()
+    assert "layer_type" not in json.loads(plain.plugin_data.content)
+    assert metadata.parse_plugin_metadata(plain.plugin_data.content).layer_type is None
+    future = dict(content, layer_type=7, something_new=[1, 2])
+    assert metadata.parse_plugin_metadata(json.dumps(future).encode()).layer_type is None
