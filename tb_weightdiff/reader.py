@@ -117,6 +117,8 @@ class Series:
       table: for our own plugin, optionally the `[steps, length]` float64
         array of the stored tensors, row by row (`metadata.decode_series`);
         the analysis reads its columns directly.
+      layer_type: for our own plugin, the layer class its writer recorded
+        (`metadata.PluginData.layer_type`), or None.
     """
 
     run: str
@@ -125,6 +127,7 @@ class Series:
     steps: list
     summaries: list
     table: object = None
+    layer_type: str = None
 
 
 def _wait_for_rust_load(process, stderr_lines, timeout):
@@ -299,13 +302,14 @@ def restart_message(restarts, other_series=0):
 
 
 def wanted_series(listing, plugin_name, runs=None, tags=None):
-    """Which series of a listing can be read: `({run: [tag]}, warnings)`.
+    """Which series of a listing can be read: `({run: [tag]}, warnings, {(run, tag): layer type})`.
 
     Our own series whose metadata names a format version this package does
     not know are left out, each with a `(run, tag, "skipped: ...")` warning.
     """
     warnings = []
     wanted = {}
+    layer_types = {}
     for run, run_tags in listing.items():
         if runs is not None and run not in runs:
             continue
@@ -314,13 +318,15 @@ def wanted_series(listing, plugin_name, runs=None, tags=None):
                 continue
             if plugin_name == metadata.PLUGIN_NAME:
                 try:
-                    metadata.parse_plugin_metadata(time_series.plugin_content)
+                    parsed = metadata.parse_plugin_metadata(time_series.plugin_content)
                 except ValueError as error:
                     warnings.append((run, tag, "skipped: %s" % error))
                     logger.warning("Skipping %s/%s: %s", run, tag, error)
                     continue
+                if parsed.layer_type:
+                    layer_types[run, tag] = parsed.layer_type
             wanted.setdefault(run, []).append(tag)
-    return wanted, warnings
+    return wanted, warnings, layer_types
 
 
 def _estimated_points(time_series):
@@ -430,7 +436,7 @@ def iter_read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=N
     judged and dropped before the next is read.
     """
     listing = list_tensors(logdir, plugin_name)
-    wanted, listing_warnings = wanted_series(listing, plugin_name, runs=runs, tags=tags)
+    wanted, listing_warnings, layer_types = wanted_series(listing, plugin_name, runs=runs, tags=tags)
     pending_warnings = list(listing_warnings)
     reads = read_batches(listing, wanted, budget)
     index = 0
@@ -446,13 +452,13 @@ def iter_read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=N
                 break
         batch_warnings = [w for w in pending_warnings if w[0] in batch_runs]
         pending_warnings = [w for w in pending_warnings if w[0] not in batch_runs]
-        series, decode_warnings = _decode_runs(plugin_name, data, wanted)
+        series, decode_warnings = _decode_runs(plugin_name, data, wanted, layer_types)
         yield series, batch_warnings + decode_warnings
     if pending_warnings:  # runs with nothing readable
         yield [], pending_warnings
 
 
-def _decode_runs(plugin_name, data, wanted):
+def _decode_runs(plugin_name, data, wanted, layer_types):
     series, warnings = [], []
     restarted = {}
     for run in sorted(data):
@@ -473,8 +479,47 @@ def _decode_runs(plugin_name, data, wanted):
                     continue
             if restarts:
                 restarted.setdefault(run, []).append((tag, restarts))
-            series.append(Series(run, tag, plugin_name, steps, values, table))
+            series.append(Series(run, tag, plugin_name, steps, values, table, layer_types.get((run, tag))))
     for run, affected in restarted.items():
         tag, restarts = affected[0]
         warnings.append((run, tag, restart_message(restarts, len(affected) - 1)))
     return series, warnings
+
+
+def read_optimizer(logdir, runs):
+    """The optimizer's state that writers logged beside the weights, per run.
+
+    Returns:
+      `{run: {"steps": [...], "updates": [...] or None, "learning_rate": [...]
+      or None}}` for the runs of `runs` that hold `metadata.OPTIMIZER_UPDATES_TAG`
+      or `metadata.LEARNING_RATE_TAG` (TensorBoard scalars), steps ascending;
+      the lists are aligned with `steps` (None where a step lacks the value).
+    """
+    from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
+
+    tags = (metadata.OPTIMIZER_UPDATES_TAG, metadata.LEARNING_RATE_TAG)
+    listing = logdir.provider.list_scalars(
+        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=metadata.SCALARS_PLUGIN_NAME,
+        run_tag_filter=provider_lib.RunTagFilter(runs=list(runs), tags=list(tags)),
+    )
+    wanted = sorted(run for run in listing if run in set(runs))
+    if not wanted:
+        return {}
+    data = logdir.provider.read_scalars(
+        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=metadata.SCALARS_PLUGIN_NAME,
+        downsample=ALL_SAMPLES, run_tag_filter=provider_lib.RunTagFilter(runs=wanted, tags=list(tags)),
+    )
+    found = {}
+    for run in wanted:
+        by_tag = {}
+        for tag in tags:
+            points = data.get(run, {}).get(tag, [])
+            steps, values, _ = drop_orphaned_steps([int(p.step) for p in points], [float(p.value) for p in points])
+            by_tag[tag] = dict(zip(steps, values))
+        steps = sorted(set().union(*(set(values) for values in by_tag.values())))
+        found[run] = {
+            "steps": steps,
+            "updates": [by_tag[metadata.OPTIMIZER_UPDATES_TAG].get(step) for step in steps] if by_tag[metadata.OPTIMIZER_UPDATES_TAG] else None,
+            "learning_rate": [by_tag[metadata.LEARNING_RATE_TAG].get(step) for step in steps] if by_tag[metadata.LEARNING_RATE_TAG] else None,
+        }
+    return found
