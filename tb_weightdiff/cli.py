@@ -160,11 +160,16 @@ def _row(entry, name):
         _number(entry.get("relative_change")),
         _number(entry.get("cosine_distance")),
         "-" if entry.get("diverged_step") is None else str(entry["diverged_step"]),
+        "-" if entry.get("settled_step") is None else str(entry["settled_step"]),
         {True: "yes", False: "no", None: "?"}[trainable],
+        "-" if entry.get("margin") is None else "%.2g" % entry["margin"],
     ]
 
 
-_HEADER = ["VERDICT", "LAYER / variable", "MOVEMENT", "x MEDIAN", "SHIFT", "REL.CHANGE", "COS.DIST", "DIVERGED@", "TRAINABLE"]
+_HEADER = [
+    "VERDICT", "LAYER / variable", "MOVEMENT", "x PEERS", "SHIFT", "REL.CHANGE", "COS.DIST", "DIVERGED@",
+    "SETTLED@", "TRAINABLE", "MARGIN",
+]
 
 
 def _format_table(result):
@@ -173,7 +178,8 @@ def _format_table(result):
     out.write("thresholds: %s\n" % "  ".join("%s=%g" % (name, thresholds[name]) for name in thresholds))
     out.write(
         "MOVEMENT: largest relative change ||W - W0|| / ||W0|| (rel) or histogram shift "
-        "W1 / baseline std (shift) from the baseline; x MEDIAN: movement / the run's median\n"
+        "W1 / baseline std (shift) from the baseline; x PEERS: movement / the median of the run's "
+        "other layers of its kind; MARGIN: decades from the threshold that would flip the verdict\n"
     )
     for run in result["runs"]:
         steps = run["steps"]
@@ -182,6 +188,8 @@ def _format_table(result):
             "\nrun %s  (source %s; steps %s; baseline step %s)\n"
             % (_printable(run["run"]), run["source"], span, run["baseline_step"])
         )
+        for finding in run.get("findings", []):
+            out.write("  finding: %s\n" % _printable(finding["message"]))
         for warning in run["warnings"]:
             out.write("  warning: %s\n" % _printable(warning))
         rows = [_HEADER]
@@ -201,6 +209,9 @@ def _format_table(result):
             "%d %s" % (run["verdict_counts"][v], v) for v in _VERDICTS if run["verdict_counts"][v]
         )
         out.write("  layers: %s\n" % counts)
+        for layer in run["layers"]:
+            if layer.get("hint"):
+                out.write("  hint for %s (%s): %s\n" % (_printable(layer["name"]), layer["verdict"], layer["hint"]))
     return out.getvalue()
 
 

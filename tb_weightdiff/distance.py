@@ -504,3 +504,97 @@ def histogram_moments(histogram):
     centre = (distributions.left[0] + distributions.right[0]) / 2
     mean = float(ldexp(np.sum(mass * centre), distributions.exponent[0]))
     return mean, float(distributions.std[0])
+
+
+# ---------------------------------------------------------------------------
+# How much of a change a rescaling explains (weight decay on a dead path)
+# ---------------------------------------------------------------------------
+
+# Scales tried around the ratio of the two RMS values, then around the best.
+_SCALE_SPAN = 0.25
+_SCALE_POINTS = 41
+
+
+def _cdf_table(distributions, row, shift):
+    """`(x, F(x))` breakpoints of one canonical histogram's CDF, edges scaled by 2**shift."""
+    left = ldexp(distributions.left[row], shift)
+    right = ldexp(distributions.right[row], shift)
+    cumulative = distributions.cumulative[row]
+    x = np.empty(2 * left.size)
+    x[0::2], x[1::2] = left, right
+    probability = np.empty_like(x)
+    probability[0::2], probability[1::2] = cumulative[:-1], cumulative[1:]
+    return x, probability
+
+
+def _histogram_residuals(distributions, first, second, shift_a, shift_b, scales):
+    """W1 (in units of the pair's power of two) between step `second` and step
+    `first` scaled by each of `scales` and rebinned onto `second`'s edges."""
+    x_a, f_a = _cdf_table(distributions, first, shift_a)
+    x_b, f_b = _cdf_table(distributions, second, shift_b)
+    grid_b = np.unique(x_b)
+    rows = []
+    for scale in scales:
+        # The scaled histogram's own extremes join the grid, so that mass a
+        # wrong scale pushes outside `second`'s range still costs its distance.
+        grid = np.union1d(grid_b, [x_a[0] * scale, x_a[-1] * scale])
+        difference = np.interp(grid, x_b, f_b, left=0.0, right=1.0) - np.interp(
+            grid / scale, x_a, f_a, left=0.0, right=1.0
+        )
+        rows.append(np.sum(np.diff(grid) * _mean_abs_linear(difference[:-1], difference[1:])))
+    return np.asarray(rows)
+
+
+def _quantile_residuals(distributions, first, second, shift_a, shift_b, scales):
+    """W1 between step `second`'s quantile function and `scales` times step `first`'s."""
+    q_a = ldexp(distributions.quantiles[first], shift_a)
+    q_b = ldexp(distributions.quantiles[second], shift_b)
+    difference = q_b[None, :] - np.asarray(scales)[:, None] * q_a[None, :]
+    weights = np.diff(distributions.probabilities)
+    return np.sum(weights * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1)
+
+
+def rescale_fit(distributions, first, second):
+    """How much of the change from step `first` to step `second` one rescaling explains.
+
+    Weight decay on a tensor that no gradient reaches multiplies it by a
+    constant at every update: its distribution keeps its shape and only its
+    spread changes. This finds the scale `c` that brings step `first`'s
+    distribution closest to step `second`'s (W1 after scaling by `c`; a
+    histogram is first re-binned onto `second`'s buckets, so that the
+    discretisation of the two steps cancels) and returns what is left of the
+    change.
+
+    Returns:
+      `(residual, scale)`: W1(second, c * first) / W1(second, first), ~0 when
+      a rescaling explains all of it (exactly 0 for TensorBoard's min-to-max
+      buckets), ~1 when it explains nothing; and `c`. `(None, None)` when
+      either step is not valid or the two are identical.
+    """
+    if not (distributions.valid[first] and distributions.valid[second]):
+        return None, None
+    exponent = max(int(distributions.exponent[first]), int(distributions.exponent[second]))
+    shift_a = int(distributions.exponent[first]) - exponent
+    shift_b = int(distributions.exponent[second]) - exponent
+    mantissa, pair_exponent = distributions.pairs([first], [second])
+    unscaled = float(ldexp(mantissa, pair_exponent - exponent)[0])
+    rms_a, rms_b = float(distributions.rms[first]), float(distributions.rms[second])
+    if not (unscaled > 0 and rms_a > 0 and rms_b > 0 and math.isfinite(rms_b / rms_a)):
+        return None, None
+    residuals = _histogram_residuals if distributions.kind == "histogram" else _quantile_residuals
+    # A grid of scales around the RMS ratio (exact for a pure rescaling), then
+    # two finer grids around the best: each 20x finer than the one before.
+    scale, residual, span = rms_b / rms_a, math.inf, _SCALE_SPAN
+    with np.errstate(all="ignore"):
+        for _ in range(3):
+            scales = scale * np.exp(np.linspace(-span, span, _SCALE_POINTS))
+            values = residuals(distributions, first, second, shift_a, shift_b, scales)
+            if np.all(np.isnan(values)):
+                break
+            best = int(np.nanargmin(values))
+            if values[best] <= residual:
+                scale, residual = float(scales[best]), float(values[best])
+            span = 2 * span / (_SCALE_POINTS - 1)
+    if not math.isfinite(residual):
+        return None, None
+    return residual / unscaled, scale

@@ -74,16 +74,20 @@ def _in_step_order(series, warnings):
     return dataclasses.replace(series, steps=steps, summaries=summaries, table=None)
 
 
-def _analyze_run(run, series_list, thresholds, warnings, other_source_count):
+def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer):
     source = series_list[0].source if series_list else metadata.PLUGIN_NAME
     series_list = [_in_step_order(series, warnings) for series in series_list]
     variables = scores.build_variables(series_list, warnings)
-    layers = scores.score_layers(variables)
+    layers = scores.score_layers(variables, thresholds.settled_fraction)
+    if optimizer:
+        scores.attach_updates(variables, optimizer["steps"], optimizer["updates"])
     medians = verdicts.judge(layers, thresholds)
-    return verdicts.run_json(run, source, layers, medians, warnings, other_source_count)
+    return verdicts.run_json(run, source, layers, medians, warnings, other_source_count, optimizer, thresholds)
 
 
-def analyze_series(series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None):
+def analyze_series(
+    series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None
+):
     """Scores and verdicts for series of one or more runs.
 
     Args:
@@ -98,6 +102,8 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=(), othe
       other_source_counts: optional `{run: count}` of plain histogram series
         a run also holds but that were not read (`analyze_logdir` reads only
         the source a run is judged from); they are mentioned in its warnings.
+      optimizers: optional `{run: reader.read_optimizer's entry}`: the
+        optimizer's update count and learning rate a writer logged.
 
     Returns:
       A list of run dicts (the JSON contract in the README), sorted by run.
@@ -105,6 +111,7 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=(), othe
     thresholds = thresholds or verdicts.Thresholds()
     _check_source(source)
     other_source_counts = other_source_counts or {}
+    optimizers = optimizers or {}
     by_run = {}
     for series in series_list:
         by_run.setdefault(series.run, {}).setdefault(series.source, []).append(series)
@@ -128,7 +135,8 @@ def analyze_series(series_list, thresholds=None, source="auto", skipped=(), othe
         if not chosen and run not in extra:
             continue
         chosen = sorted(chosen, key=lambda s: s.tag)
-        results.append(_analyze_run(run, chosen, thresholds, list(extra.get(run, [])), other_count))
+        optimizer = optimizers.get(run) if chosen and chosen[0].source == metadata.PLUGIN_NAME else None
+        results.append(_analyze_run(run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer))
     return results
 
 
@@ -183,6 +191,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     results = []
     fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
     if ours_runs:
+        optimizers = reader.read_optimizer(logdir, ours_runs)
         for series, warnings in reader.iter_read_series(logdir, metadata.PLUGIN_NAME, runs=ours_runs):
             read_runs = {s.run for s in series}
             for run, tag, message in warnings:
@@ -190,7 +199,10 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                     fallback.setdefault(run, []).append((run, tag, message))
             kept = [w for w in warnings if w[0] not in fallback]
             results.extend(
-                analyze_series(series, thresholds, source=source, skipped=kept, other_source_counts=other_counts)
+                analyze_series(
+                    series, thresholds, source=source, skipped=kept, other_source_counts=other_counts,
+                    optimizers=optimizers,
+                )
             )
     if metadata.HISTOGRAM_PLUGIN_NAME in weight_listings:
         histogram_runs = {

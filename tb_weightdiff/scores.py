@@ -13,8 +13,10 @@ verdicts are `tb_weightdiff.verdicts`'). What it owns:
   scale compare (`choose_scale`; README, "Scores");
 - **movement**, the one number a verdict tests: the largest relative change
   from the reference where our summaries carry one, else the largest shift;
-- the deciding variable of a layer (`driver`) and how tags name layers
-  (`split_tag`).
+- how much of a change one rescaling explains (`rescale_residual`: weight
+  decay on a tensor no gradient reaches), and where a layer settled;
+- the deciding variable of a layer (`driver`), which peers a variable is
+  compared with (`peer_group`), and how tags name layers (`split_tag`).
 
 `shift_between` gives the shift between any two logged steps by the same rule,
 for the tab's A/B readout.
@@ -23,6 +25,7 @@ for the tab's A/B readout.
 import dataclasses
 import math
 import operator
+import re
 
 import numpy as np
 
@@ -33,6 +36,29 @@ RELATIVE_CHANGE = "relative_change"
 SHIFT = "shift"
 
 _HISTOGRAM_SUFFIX = "/histogram"
+
+# Peer groups: a layer is compared with layers whose deciding variable is of
+# the same kind (like with like). Weight matrices and kernels move in units
+# of their random initialisation; embeddings move only where rows are looked
+# up; what starts constant (normalisation scales at one, biases and shifts at
+# zero) moves far less in relative terms; what no optimizer trains (moving
+# statistics, weights set by hand) has no peers at all.
+WEIGHTS = "weights"
+EMBEDDING = "embedding"
+CONSTANT_INIT = "constant_init"
+STATISTICS = "statistics"
+PEER_GROUPS = (WEIGHTS, EMBEDDING, CONSTANT_INIT, STATISTICS)
+
+# Variable names of the usual layers (Keras, PyTorch), read as hints only:
+# the writer's `layer_type` and the variable's own data come first.
+_STATISTICS_NAMES = frozenset(
+    {"moving_mean", "moving_variance", "running_mean", "running_var", "num_batches_tracked"}
+)
+_OFFSET_NAMES = frozenset({"bias", "beta"})
+_NORMALIZATION_NAMES = frozenset({"gamma", "beta"})
+_EMBEDDING_LAYER = re.compile(r"(^|[./_])(embed\w*|emb|wte|wpe|tok_embeddings)$", re.IGNORECASE)
+_NORMALIZATION_TYPES = re.compile(r"norm", re.IGNORECASE)
+_EMBEDDING_TYPES = re.compile(r"embed", re.IGNORECASE)
 
 def split_tag(tag):
     """`(layer, variable)` of a tag: `sequential/conv2d/kernel[/histogram]` -> (`sequential/conv2d`, `kernel`).
@@ -65,12 +91,14 @@ class Variable:
     elements: int
     trainable: object  # True, False or None
     distributions: distance.Distributions
+    layer_type: str = None  # the writer's layer class (Dense, Embedding, LayerNorm...), if it said
     diverged_step: object = None
     frozen: bool = False
     relative_change: np.ndarray = None  # [n] or None
     cosine_distance: np.ndarray = None
     reference_distance: np.ndarray = None
     has_reference: bool = False
+    norm_ratio: np.ndarray = None  # [n] ||W|| / ||W0||, ours with a reference
     # filled by score_layers
     scale: float = None
     scale_basis: str = None
@@ -79,10 +107,21 @@ class Variable:
     distance_from_baseline: np.ndarray = None
     movement: float = None
     movement_kind: str = None
+    movement_step: int = None  # the logged step where `movement` was reached
+    rescale_residual: float = None  # the part of the movement a rescaling leaves unexplained
+    rescale: float = None  # that rescaling: ||W|| / ||W0||, or the fitted scale of a histogram
+    fixed_edges: bool = False  # histograms whose bucket edges stay put (torch's add_histogram)
+    settled_step: int = None
+    peer_group: str = None
+    updates: float = None  # the optimizer's update count at `movement_step`, if its writer logged it
+    update_ratio: float = None  # movement / sqrt(updates)
     # filled by the verdicts
+    peer_median: float = None
     ratio_to_median: float = None
     verdict: str = None
     reason: str = ""
+    hint: str = None
+    margin: float = None  # decades from the threshold that would flip the verdict
 
 
 def _first_step_where(steps, mask):
@@ -147,6 +186,7 @@ def _new_variable(series, steps, distributions, elements, trainable):
         elements=elements,
         trainable=trainable,
         distributions=distributions,
+        layer_type=getattr(series, "layer_type", None),
     )
 
 
@@ -169,6 +209,8 @@ def _variable_from_ours(series, steps, column, distributions):
         and np.all(distances[present] == 0)
     )
     variable.has_reference = bool(np.any(column["reference_l2_norm"] > 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variable.norm_ratio = column["l2_norm"] / column["reference_l2_norm"]
     variable.relative_change = column["relative_change"]
     variable.cosine_distance = column["cosine_distance"]
     variable.reference_distance = distances
@@ -367,16 +409,101 @@ def _score(variable, layer_scale, distances):
     variable.shift_from_baseline = _scaled(mantissa["baseline"], exponent["baseline"], scale)
     variable.per_step_shift = _scaled(mantissa["step"], exponent["step"], scale)
     if variable.source == metadata.PLUGIN_NAME and variable.has_reference:
-        changes = variable.relative_change[np.isfinite(variable.relative_change)]
         variable.movement_kind = RELATIVE_CHANGE
-        variable.movement = float(np.max(changes)) if changes.size else None
+        index = _largest_at(variable.relative_change)
+        variable.movement = None if index is None else float(variable.relative_change[index])
     else:
-        shifts = variable.shift_from_baseline[np.isfinite(variable.shift_from_baseline)]
         variable.movement_kind = SHIFT
-        variable.movement = float(np.max(shifts)) if shifts.size else None
+        index = _largest_at(variable.shift_from_baseline)
+        variable.movement = None if index is None else float(variable.shift_from_baseline[index])
+    variable.movement_step = None if index is None else variable.steps[index]
+    if index is not None and variable.movement > 0:
+        variable.rescale_residual, variable.rescale = _rescaling(variable, index)
+        if variable.distributions.kind == "histogram":
+            variable.fixed_edges = _fixed_edges(variable.distributions, 0, index)
 
 
-def score_layers(variables):
+def _fixed_edges(distributions, first, second):
+    """Whether two steps' histograms share most inner bucket edges (fixed buckets, as
+    torch's `add_histogram` writes by default) instead of spanning each its own range."""
+    inner = []
+    for row in (first, second):
+        count = int(distributions.rows[row])
+        inner.append(distributions.raw[row, 1:count, 0])
+    if inner[0].size < 2 or inner[1].size < 2:
+        return False
+    return bool(np.mean(np.isin(inner[1], inner[0])) > 0.5)
+
+
+def _largest_at(values):
+    """Index of the largest finite value (the first of equals), or None."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    return int(np.argmax(np.where(finite, values, -np.inf)))
+
+
+def _rescaling(variable, index):
+    """`(residual, scale)`: how much of the movement up to step `index` a rescaling leaves.
+
+    With the distance from a reference (ours) this is exact: W - c W0 is
+    smallest for the projection, `||W|| sin(angle)`, so the unexplained part
+    is `||W|| sin(angle) / ||W - W0||` (0 for pure decay, whose direction
+    never changes). Otherwise the distributions are compared
+    (`distance.rescale_fit`).
+    """
+    if variable.movement_kind == RELATIVE_CHANGE:
+        cosine = float(variable.cosine_distance[index])
+        ratio = float(variable.norm_ratio[index])
+        change = float(variable.relative_change[index])
+        if not (math.isfinite(cosine) and math.isfinite(ratio) and change > 0):
+            return None, None
+        sine = math.sqrt(max(cosine * (2.0 - cosine), 0.0))
+        return ratio * sine / change, ratio
+    return distance.rescale_fit(variable.distributions, 0, index)
+
+
+def settled_step(steps, per_step_shift, fraction):
+    """The logged step after which a variable's per-step shift stays below `fraction` of its peak.
+
+    None when it never moved, or its last two intervals are not both below
+    (still moving, or too few steps to say).
+    """
+    values = np.asarray(per_step_shift, dtype=np.float64)
+    finite = np.isfinite(values)
+    if values.size < 3 or not finite[1:].any():
+        return None
+    peak = float(np.max(values[finite]))
+    if not peak > 0:
+        return None
+    above = np.flatnonzero(finite & (values > fraction * peak))
+    last = int(above[-1])
+    if values.size - 1 - last < 2:
+        return None
+    return int(steps[last])
+
+
+def peer_group(variable):
+    """Which run peers a variable is compared with (`PEER_GROUPS`)."""
+    layer_type = variable.layer_type or ""
+    if variable.trainable is False or variable.name in _STATISTICS_NAMES:
+        return STATISTICS
+    if _EMBEDDING_TYPES.search(layer_type) or variable.name == "embeddings":
+        return EMBEDDING
+    if _NORMALIZATION_TYPES.search(layer_type) or variable.name in _NORMALIZATION_NAMES:
+        return CONSTANT_INIT
+    if not layer_type and _EMBEDDING_LAYER.search(variable.layer):
+        return EMBEDDING
+    if variable.steps:
+        # Constant at its baseline (ones, zeros) or nearly so: a scale or an
+        # offset, not a matrix drawn at random.
+        std, rms = float(variable.distributions.std[0]), float(variable.distributions.rms[0])
+        if std == 0 or (math.isfinite(std) and math.isfinite(rms) and rms > 0 and std < 0.3 * rms):
+            return CONSTANT_INIT
+    return WEIGHTS
+
+
+def score_layers(variables, settled_fraction=0.1):
     """Scores every variable of one run; returns `{layer: [variables]}` in their order."""
     distances = _baseline_distances(variables)
     layers = {}
@@ -389,6 +516,8 @@ def score_layers(variables):
         layer_scale = float(driver(with_spread).distributions.std[0]) if with_spread else None
         for variable in members:
             _score(variable, layer_scale, distances[id(variable)])
+            variable.settled_step = settled_step(variable.steps, variable.per_step_shift, settled_fraction)
+            variable.peer_group = peer_group(variable)
     return layers
 
 
@@ -425,13 +554,42 @@ _BASIS_RANK = {"baseline_std": 1, "layer_baseline_std": 2, "last_std": 3, "rms":
 def driver(variables):
     """The variable that decides its layer's verdict: the largest.
 
-    Ties (BatchNorm's four vectors) go to a trainable variable, then to the one
-    measured best: relative change, then a shift scaled by its own baseline
-    spread, and so on; then to the first tag.
+    Ties (BatchNorm's four vectors) go to a trainable variable, then to one
+    that is not a moving statistic, then to one that is not an offset (a
+    bias or beta starts at zero and is measured in borrowed units), then to
+    the one measured best: relative change, then a shift scaled by its own
+    baseline spread, and so on; then to the first tag.
     """
 
     def key(variable):
         measured = 0 if variable.movement_kind == RELATIVE_CHANGE else _BASIS_RANK.get(variable.scale_basis, 5)
-        return (-variable.elements, variable.trainable is False, measured, variable.tag)
+        return (
+            -variable.elements,
+            variable.trainable is False,
+            variable.name in _STATISTICS_NAMES,
+            variable.name in _OFFSET_NAMES,
+            measured,
+            variable.tag,
+        )
 
     return min(variables, key=key)
+
+
+def attach_updates(variables, steps, updates):
+    """Adds each variable's update count at its movement step and its `update_ratio`.
+
+    `update_ratio = movement / sqrt(updates)` (relative change only): what
+    each update moved the tensor, relative to its norm, were the updates a
+    random walk; more coherent updates make it an upper bound. CS231n's rule
+    of thumb puts a healthy update-to-weight ratio near 1e-3 per update.
+    """
+    if not updates:
+        return
+    by_step = {step: count for step, count in zip(steps, updates) if count is not None}
+    for variable in variables:
+        count = by_step.get(variable.movement_step)
+        if count is None or not count > 0:
+            continue
+        variable.updates = float(count)
+        if variable.movement_kind == RELATIVE_CHANGE and variable.movement is not None:
+            variable.update_ratio = variable.movement / math.sqrt(count)

@@ -29,12 +29,13 @@ from tb_weightdiff import scores
 
 LEARNING = "learning"
 NOT_LEARNING = "not_learning"
+DECAY_ONLY = "decay_only"
 FROZEN = "frozen"
 DIVERGED = "diverged"
 UNKNOWN = "unknown"
 
 # Worst first: the order of the report and of the tab's table.
-VERDICTS = (DIVERGED, NOT_LEARNING, FROZEN, UNKNOWN, LEARNING)
+VERDICTS = (DIVERGED, DECAY_ONLY, NOT_LEARNING, FROZEN, UNKNOWN, LEARNING)
 _VERDICT_RANK = {verdict: rank for rank, verdict in enumerate(VERDICTS)}
 
 SOURCES = ("auto", metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME)
@@ -45,36 +46,88 @@ SHIFT = scores.SHIFT
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """The knobs behind `not_learning`; shared by the CLI flags and the plugin's query.
+    """The knobs of the verdict rules; the CLI's flags and the plugin's query parameters.
 
-    A variable that moved is `not_learning` when its movement is below the
-    floor of its kind, or below `min_ratio_to_median` times the run's median
-    movement of that kind (over the layers' deciding variables that cleared
-    the floor and are not known to be non-trainable). The defaults are
-    calibrated on real Keras trainings with planted ground truth, two models
-    by five seeds (README, "Calibration"): healthy layers clear every threshold by
-    9x or more; layers whose kernel gradient is scaled down by 1e4 fall below
-    the ratio by 10x or more, and below the relative-change floor by 18x.
+    Every one is scale-free: none depends on the learning rate, the
+    optimizer or the length of training (README, "Verdicts", has the rules;
+    "Calibration" the corpus of training recipes the defaults were chosen on,
+    with each verdict's margin).
 
     Attributes:
-      min_relative_change: floor on the largest `||W - W0|| / ||W0||` over
-        the logged steps (our summaries with a non-zero reference).
-      min_shift: floor on the largest shift from the baseline (Wasserstein-1
-        divided by the baseline's standard deviation), for everything else.
-      min_ratio_to_median: floor on movement / the run's median movement.
+      min_relative_change: the noise floor of `||W - W0|| / ||W0||`: a
+        tensor that moved less changed only at floating-point precision.
+      min_shift: the same floor for the histogram shift (W1 / scale).
+      min_ratio_to_median: a layer moving less than this times the median
+        movement of its peers (the run's other layers of its kind, compared
+        in log space) is `not_learning`.
+      max_rescale_residual: a tensor that shrank and whose movement from
+        its reference is all a rescaling but this fraction (the rotation
+        `||W|| sin(angle) / ||W - W0||`, from our summaries) moved only by
+        weight decay: `decay_only`.
+      max_histogram_rescale_residual: the same from distributions only
+        (plain histograms, or our summaries without a reference): the W1
+        left after the best rescaling, over the W1 before it. Stricter,
+        because a Gaussian-initialised tensor that learns can also keep its
+        shape while its spread shrinks.
+      min_update_ratio: a run whose learning layers all move less than
+        this per update (relative change / sqrt(update count), where the
+        writer logged the optimizer's update count) barely moves: reported
+        as a finding about the run, with its learning rate, not as a verdict
+        on every layer.
+      settled_fraction: a layer has settled once its per-step shift stays
+        below this fraction of its own peak (`settled_step`).
     """
 
     min_relative_change: float = dataclasses.field(
-        default=1e-3,
-        metadata={"label": "min relative change", "help": "floor on the largest ||W - W0|| / ||W0|| (our summaries with a reference)"},
+        default=1e-6,
+        metadata={
+            "label": "noise floor, relative change",
+            "help": "below this ||W - W0|| / ||W0||, a tensor moved only at floating-point precision",
+        },
     )
     min_shift: float = dataclasses.field(
-        default=1e-3,
-        metadata={"label": "min shift", "help": "floor on the largest histogram shift from the baseline, W1 / scale"},
+        default=1e-6,
+        metadata={
+            "label": "noise floor, shift",
+            "help": "below this histogram shift (W1 / scale), a tensor moved only at floating-point precision",
+        },
     )
     min_ratio_to_median: float = dataclasses.field(
-        default=1e-2,
-        metadata={"label": "min ratio to median", "help": "floor on movement / the run's median movement"},
+        default=4e-3,
+        metadata={
+            "label": "min ratio to peers",
+            "help": "a layer moving less than this times the median of its peers (layers of its kind) is not learning",
+        },
+    )
+    max_rescale_residual: float = dataclasses.field(
+        default=0.09,
+        metadata={
+            "label": "max rescale residual",
+            "help": "a tensor that shrank and whose movement from its reference is a rescaling but this fraction "
+            "(its rotation) is decay_only",
+        },
+    )
+    max_histogram_rescale_residual: float = dataclasses.field(
+        default=3e-3,
+        metadata={
+            "label": "max histogram rescale residual",
+            "help": "the same from distributions alone (plain histograms): the W1 a rescaling leaves, as a fraction",
+        },
+    )
+    min_update_ratio: float = dataclasses.field(
+        default=1e-4,
+        metadata={
+            "label": "min update ratio",
+            "help": "a run whose learning layers all move less than this relative change per sqrt(update) "
+            "barely moves (a finding about the run, not a verdict)",
+        },
+    )
+    settled_fraction: float = dataclasses.field(
+        default=0.1,
+        metadata={
+            "label": "settled fraction",
+            "help": "a layer settled once its per-step shift stays below this fraction of its peak",
+        },
     )
 
     def __post_init__(self):
@@ -198,67 +251,168 @@ def _floor(thresholds, kind):
     return thresholds.min_relative_change if kind == RELATIVE_CHANGE else thresholds.min_shift
 
 
+def _label(kind):
+    return kind.replace("_", " ")
+
+
+def _decades(value, bar):
+    """How far `value` is from `bar`, in decades (log10); None when either is not a positive number."""
+    if value is None or bar is None or not (value > 0 and bar > 0):
+        return None
+    return abs(math.log10(value / bar))
+
+
+HINTS = {
+    FROZEN: "Never changed: trainable=False (Keras), requires_grad=False (PyTorch), "
+    "or not among the optimizer's parameters. Expected for a frozen backbone.",
+    DECAY_ONLY: "No gradient reaches it, only weight decay shrinks it: a dead branch, a "
+    "detached output, an unused head, an output multiplied by zero.",
+    NOT_LEARNING: "It moves, but far less than its peers: a scaled-down gradient (a small "
+    "loss weight, a stop_gradient mix), a per-layer learning-rate multiplier, "
+    "or vanishing gradients.",
+    DIVERGED: "NaN or Inf appeared: a learning rate too high, bad input (NaN or Inf in a "
+    "batch), or loss-scaling overflow in mixed precision.",
+}
+_FLOOR_HINT = (
+    "It moved only at floating-point precision: its updates round away (a learning rate "
+    "far too small for its scale), or something rewrites it without changing it."
+)
+
+
+def _facts(variable, thresholds):
+    """The verdict a variable's own data settles, or None when its peers must decide."""
+    count = len(variable.steps)
+    if variable.diverged_step is not None:
+        return DIVERGED, "NaN or Inf from step %d" % variable.diverged_step, None, HINTS[DIVERGED]
+    if count < 2:
+        return UNKNOWN, "%d logged step%s; two are needed" % (count, "" if count == 1 else "s"), None, None
+    if variable.frozen:
+        return FROZEN, "bit-identical at all %d logged steps" % count, None, HINTS[FROZEN]
+    if variable.movement is None:
+        return UNKNOWN, "changed, but no %s could be computed" % _label(variable.movement_kind), None, None
+    floor = _floor(thresholds, variable.movement_kind)
+    if variable.movement < floor:
+        reason = "%s %.3g: moved only at floating-point precision (below %.3g)" % (
+            _label(variable.movement_kind), variable.movement, floor,
+        )
+        return NOT_LEARNING, reason, _decades(variable.movement, floor), _FLOOR_HINT
+    if variable.peer_group == scores.STATISTICS:
+        reason = "%s %.3g; not trainable: statistics the layer keeps, or weights set outside the optimizer" % (
+            _label(variable.movement_kind), variable.movement,
+        )
+        return LEARNING, reason, _decades(variable.movement, floor), None
+    residual, limit = variable.rescale_residual, _rescale_limit(variable, thresholds)
+    if residual is not None and residual < limit and variable.rescale < 1:
+        reason = "%s %.3g, all but %.2g of it a rescaling by %.6g: only weight decay moved it" % (
+            _label(variable.movement_kind), variable.movement, residual, variable.rescale,
+        )
+        return DECAY_ONLY, reason, _decades(residual, limit), HINTS[DECAY_ONLY]
+    return None
+
+
+def _rescale_limit(variable, thresholds):
+    if variable.movement_kind == RELATIVE_CHANGE:
+        return thresholds.max_rescale_residual
+    return thresholds.max_histogram_rescale_residual
+
+
+def _ambiguous_rescaling(variable, thresholds):
+    """What plain distributions cannot say of a tensor that shrank, in words (or None).
+
+    A shrink that is mostly a rescaling, but not close enough to call, may
+    be weight decay alone or learning that kept a Gaussian shape; and
+    fixed bucket edges cannot resolve a rescaling smaller than a bucket.
+    """
+    if variable.movement_kind != SHIFT or variable.rescale is None or not variable.rescale < 1:
+        return None
+    residual = variable.rescale_residual
+    if residual is not None and residual < thresholds.max_rescale_residual:
+        return (
+            "all but %.2g of it a rescaling by %.4g: weight decay alone, or learning that kept a "
+            "Gaussian shape" % (residual, variable.rescale)
+        )
+    if variable.fixed_edges:
+        return "it shrank by %.2g%%, and fixed bucket edges cannot resolve a rescaling from learning" % (
+            100 * (1 - variable.rescale)
+        )
+    return None
+
+
 def judge(layers, thresholds):
     """Verdicts for the variables of one run, given as `{layer: [variables]}`.
 
-    The bar of the ratio test is the median movement, per kind, of the run's
-    layers: of each layer's deciding variable (`_driver`) that cleared the
-    floor, so that many small biases do not set it. Non-trainable variables
-    (moving statistics) are judged but do not set it either.
+    First what each variable's own data settles (`diverged`, `unknown`,
+    `frozen`, moved only at floating-point precision, non-trainable,
+    `decay_only`). Then each layer's deciding variable is compared with its
+    peers: the deciding variables of the run's other layers of the same
+    peer group and movement kind that were not settled above. Its
+    `ratio_to_median` is its movement over their median (geometric: the
+    comparison is in log space), and below `min_ratio_to_median` it is
+    `not_learning`. Other variables, and a deciding variable without peers,
+    are `learning` once their own data did not settle them.
+
+    Each variable gets a `margin`: how many decades (log10) its deciding
+    figure is from the threshold that would flip its verdict (None for facts
+    such as bit-identical or NaN).
+
+    Returns:
+      `{peer group: {movement kind: median}}` of the peers.
     """
     variables = [v for members in layers.values() for v in members]
     drivers = {id(scores.driver(members)) for members in layers.values()}
-    candidates = []
+    undecided = []
     for variable in variables:
-        count = len(variable.steps)
-        if variable.diverged_step is not None:
-            variable.verdict = DIVERGED
-            variable.reason = "NaN or Inf from step %d" % variable.diverged_step
-        elif count < 2:
-            variable.verdict = UNKNOWN
-            variable.reason = "%d logged step%s; two are needed" % (count, "" if count == 1 else "s")
-        elif variable.frozen:
-            variable.verdict = FROZEN
-            variable.reason = "bit-identical at all %d logged steps" % count
-        elif variable.movement is None:
-            variable.verdict = UNKNOWN
-            variable.reason = "changed, but no %s could be computed" % variable.movement_kind.replace("_", " ")
-        elif variable.movement < _floor(thresholds, variable.movement_kind):
-            variable.verdict = NOT_LEARNING
-            variable.reason = "%s %.3g is below the floor %.3g" % (
-                variable.movement_kind.replace("_", " "),
-                variable.movement,
-                _floor(thresholds, variable.movement_kind),
-            )
+        settled = _facts(variable, thresholds)
+        if settled is None:
+            undecided.append(variable)
         else:
-            candidates.append(variable)
+            variable.verdict, variable.reason, variable.margin, variable.hint = settled
+    peers = {}
+    for variable in undecided:
+        if id(variable) in drivers:
+            peers.setdefault((variable.peer_group, variable.movement_kind), []).append(variable)
     medians = {}
-    for kind in (RELATIVE_CHANGE, SHIFT):
-        of_kind = [v for v in candidates if v.movement_kind == kind]
-        trainable = [v for v in of_kind if v.trainable is not False] or of_kind
-        reference = [v for v in trainable if id(v) in drivers] or trainable
-        if reference:
-            medians[kind] = float(np.median([v.movement for v in reference]))
-    for variable in variables:
-        median = medians.get(variable.movement_kind)
-        if variable.movement is not None and median:
-            variable.ratio_to_median = variable.movement / median
-    for variable in candidates:
-        median = medians[variable.movement_kind]
+    for (group, kind), members in peers.items():
+        logs = np.log([v.movement for v in members])
+        medians.setdefault(group, {})[kind] = float(np.exp(np.median(logs)))
+        for index, variable in enumerate(members):
+            others = np.delete(logs, index)
+            if others.size:
+                variable.peer_median = float(np.exp(np.median(others)))
+                variable.ratio_to_median = variable.movement / variable.peer_median
+    for variable in undecided:
+        label = _label(variable.movement_kind)
         ratio = variable.ratio_to_median
-        label = variable.movement_kind.replace("_", " ")
+        floor_margin = _decades(variable.movement, _floor(thresholds, variable.movement_kind))
+        residual_margin = None
+        if variable.rescale_residual is not None and variable.rescale is not None and variable.rescale < 1:
+            residual_margin = _decades(variable.rescale_residual, _rescale_limit(variable, thresholds))
         if ratio is not None and ratio < thresholds.min_ratio_to_median:
             variable.verdict = NOT_LEARNING
-            variable.reason = "%s %.3g is %.2g x the run's median %.3g (below %.3g x)" % (
-                label, variable.movement, ratio, median, thresholds.min_ratio_to_median,
+            variable.reason = "%s %.3g is %.2g x the median %.3g of its peers (%s; below %.3g x)" % (
+                label, variable.movement, ratio, variable.peer_median, variable.peer_group,
+                thresholds.min_ratio_to_median,
             )
-        else:
-            variable.verdict = LEARNING
-            variable.reason = "%s %.3g%s" % (
-                label,
-                variable.movement,
-                "" if ratio is None else " (%.2g x the run's median)" % ratio,
+            variable.margin = _decades(ratio, thresholds.min_ratio_to_median)
+            variable.hint = HINTS[NOT_LEARNING]
+            continue
+        variable.verdict = LEARNING
+        variable.reason = "%s %.3g%s" % (
+            label,
+            variable.movement,
+            "" if ratio is None else " (%.2g x the median of its peers, %s)" % (ratio, variable.peer_group),
+        )
+        ambiguity = _ambiguous_rescaling(variable, thresholds)
+        if ambiguity:
+            variable.reason += (
+                "; %s. Plain histograms cannot tell whether only weight decay moved it; a reference "
+                "(WeightDiffCallback, weights_pb(reference=...)) can" % ambiguity
             )
+        margins = [floor_margin, residual_margin]
+        if ratio is not None:
+            margins.append(_decades(ratio, thresholds.min_ratio_to_median))
+        margins = [m for m in margins if m is not None]
+        variable.margin = min(margins) if margins else None
     return medians
 
 
@@ -296,6 +450,16 @@ def _variable_json(variable):
         "distance_from_baseline": display_list(variable.distance_from_baseline),
         "scale": finite(variable.scale),
         "scale_basis": variable.scale_basis,
+        "hint": variable.hint,
+        "margin": finite(variable.margin),
+        "peer_group": variable.peer_group,
+        "peer_median": finite(variable.peer_median),
+        "rescale_residual": finite(variable.rescale_residual),
+        "rescale": finite(variable.rescale),
+        "movement_step": variable.movement_step,
+        "settled_step": variable.settled_step,
+        "updates": finite(variable.updates),
+        "update_ratio": finite(variable.update_ratio),
         "relative_change": _at_last_step(variable.relative_change) if ours else None,
         "cosine_distance": _at_last_step(variable.cosine_distance) if ours else None,
         "reference_distance": _at_last_step(variable.reference_distance) if ours else None,
@@ -332,9 +496,11 @@ def _layer_json(name, variables):
         verdict = DIVERGED
         culprits = [v.name for v in variables if v.diverged_step is not None]
         reason = "%s: NaN or Inf from step %d" % (", ".join(culprits), min(diverged))
+        hint, margin = HINTS[DIVERGED], None
     else:
         verdict = driver.verdict
         reason = "%s: %s" % (driver.name, driver.reason)
+        hint, margin = driver_entry["hint"], driver_entry["margin"]
     return {
         "name": name,
         "verdict": verdict,
@@ -352,6 +518,12 @@ def _layer_json(name, variables):
         "steps": driver_entry["steps"],
         "per_step_shift": driver_entry["per_step_shift"],
         "shift_from_baseline": driver_entry["shift_from_baseline"],
+        "hint": hint,
+        "margin": margin,
+        "peer_group": driver_entry["peer_group"],
+        "rescale_residual": driver_entry["rescale_residual"],
+        "settled_step": driver_entry["settled_step"],
+        "update_ratio": driver_entry["update_ratio"],
         "variables": entries,
     }
 
@@ -372,19 +544,49 @@ def source_caveats(source):
     ]
 
 
-def run_json(run, source, layers, medians, warnings, other_source_count=0):
+def _findings(layers, optimizer, thresholds):
+    """What the run as a whole says (not a verdict on any one layer)."""
+    learning = [
+        scores.driver(members) for members in layers.values()
+    ]
+    learning = [v for v in learning if v.verdict == LEARNING and v.peer_group == scores.WEIGHTS]
+    ratios = [v.update_ratio for v in learning if v.update_ratio is not None]
+    findings = []
+    if ratios and max(ratios) < thresholds.min_update_ratio:
+        rates = [r for r in (optimizer or {}).get("learning_rate") or [] if r is not None]
+        findings.append(
+            {
+                "kind": "barely_moving",
+                "update_ratio": float(np.median(ratios)),
+                "learning_rate": rates[-1] if rates else None,
+                "message": (
+                    "Every layer that learns barely moves: %.2g of its norm per update at most "
+                    "(relative change / sqrt(updates); CS231n's rule of thumb is ~1e-3)%s. Expected when "
+                    "fine-tuning at a small learning rate; otherwise the learning rate may be too small."
+                    % (max(ratios), "; learning rate %.3g" % rates[-1] if rates else "")
+                ),
+            }
+        )
+    return findings
+
+
+def run_json(run, source, layers, medians, warnings, other_source_count=0, optimizer=None, thresholds=None):
     """One run's entry of the contract, its layers worst first.
 
     Args:
       run: the run's name.
       source: the plugin it was judged from.
       layers: `{layer: [scores.Variable]}`, scored and judged.
-      medians: `{movement kind: median}` from `judge`.
+      medians: `{peer group: {movement kind: median}}` from `judge`.
       warnings: the run's messages so far (unreadable series, restarts);
         what its source and steps imply is put before them.
       other_source_count: plain histogram series the run also holds but was
         not judged from.
+      optimizer: the optimizer's state a writer logged (`reader.read_optimizer`'s
+        entry), or None.
+      thresholds: the `Thresholds` the run was judged with (for its findings).
     """
+    thresholds = thresholds or Thresholds()
     variables = [v for members in layers.values() for v in members]
     steps = sorted({step for v in variables for step in v.steps})
     baseline_step = min((v.steps[0] for v in variables if v.steps), default=None)
@@ -395,8 +597,9 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0):
             "the first logged step (%s). keras.callbacks.TensorBoard logs its first "
             "histograms after the first epoch, so this is not the weights before "
             "training; histograms give no distance to the initial weights, and weights "
-            "that move without changing their histogram (e.g. permuted) look frozen."
-            % baseline_step
+            "that move without changing their histogram (e.g. permuted) look frozen. Without "
+            "an update count, movement per update is unknown, and weight decay alone is told "
+            "from the histograms' shape only." % baseline_step
         )
     if other_source_count:
         run_warnings.append(
@@ -426,8 +629,14 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0):
         "steps": steps,
         "baseline_step": baseline_step,
         "warnings": run_warnings,
-        "medians": {kind: finite(value) for kind, value in medians.items()},
+        # The weight matrices' medians, as before there were peer groups.
+        "medians": {kind: finite(value) for kind, value in medians.get(scores.WEIGHTS, {}).items()},
+        "peer_medians": {
+            group: {kind: finite(value) for kind, value in of_group.items()} for group, of_group in medians.items()
+        },
         "verdict_counts": counts,
+        "findings": _findings(layers, optimizer, thresholds),
+        "optimizer": strict(optimizer) if optimizer else None,
         "layers": layer_entries,
     }
 

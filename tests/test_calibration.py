@@ -23,6 +23,7 @@ The figures printed by `python tests/test_calibration.py` are the score table
 of the README's calibration section, from which the default `Thresholds` were chosen.
 """
 
+import math
 import os
 import sys
 
@@ -255,7 +256,8 @@ def test_the_rust_loader_agrees(judged):
 
 
 def test_defaults_leave_a_margin(judged):
-    """Healthy layers clear every floor by 3x at least; the slow layers miss the ratio by 3x."""
+    """Healthy layers clear every floor by 3x at least, and the ratio to their peers where they
+    have peers (BatchNorm's gamma has none of its kind here); the slow layers miss the ratio by 3x."""
     defaults = verdicts.Thresholds()
     for source in ("auto", metadata.HISTOGRAM_PLUGIN_NAME):
         for run in judged(source)["runs"]:
@@ -268,9 +270,13 @@ def test_defaults_leave_a_margin(judged):
                     else defaults.min_shift
                 )
                 assert layer["movement"] > 3 * floor, (run["run"], source, name, layer)
-                assert layer["ratio_to_median"] > 3 * defaults.min_ratio_to_median, (run["run"], source, name, layer)
+                ratio = layer["ratio_to_median"]
+                assert ratio is None or ratio > 3 * defaults.min_ratio_to_median, (run["run"], source, name, layer)
+                assert layer["margin"] > math.log10(3), (run["run"], source, name, layer)
+            assert layers["healthy"]["ratio_to_median"] is not None
             slow = layers["slow_dense"]
             assert slow["ratio_to_median"] < defaults.min_ratio_to_median / 3, (run["run"], source, slow)
+            assert slow["margin"] > math.log10(3)
 
 
 def score_table(results):

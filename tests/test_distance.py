@@ -161,3 +161,23 @@ def test_histogram_moments_treat_buckets_as_uniform():
     mean, std = distance.histogram_moments(histogram([0, 1, 1]))
     assert mean == pytest.approx(0.5) and std == pytest.approx(math.sqrt(1 / 12))
     assert distance.histogram_moments(histogram([0, 1, 0])) == (None, None)
+
+
+def test_a_pure_rescaling_is_explained_exactly_and_diffusion_is_not(rng):
+    values = rng.uniform(-1, 1, 5000)
+    decayed = values * 0.97
+    diffused = values + 0.05 * rng.standard_normal(values.size)
+    hist = lambda x: sample_histogram(x, np.linspace(x.min(), x.max(), 31))  # noqa: E731, TensorBoard's min-to-max buckets
+    found = distance.histogram_distributions([distance.as_histogram_array(hist(x)) for x in (values, decayed, diffused)])
+    residual, scale = distance.rescale_fit(found, 0, 1)
+    assert residual < 1e-9 and scale == pytest.approx(0.97, rel=1e-9)
+    residual, _ = distance.rescale_fit(found, 0, 2)
+    assert residual > 0.5
+    # From quantiles (our summaries without a reference), the same.
+    quantiles = np.stack([np.quantile(x, PROBABILITIES) for x in (values, decayed, diffused)])
+    rms = [float(np.sqrt(np.mean(x * x))) for x in (values, decayed, diffused)]
+    found = distance.quantile_distributions(quantiles, [float(x.std()) for x in (values, decayed, diffused)], rms)
+    residual, scale = distance.rescale_fit(found, 0, 1)
+    assert residual < 1e-9 and scale == pytest.approx(0.97, rel=1e-9)
+    assert distance.rescale_fit(found, 0, 2)[0] > 0.5
+    assert distance.rescale_fit(found, 0, 0) == (None, None)  # no change: nothing to explain

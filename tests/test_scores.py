@@ -1,11 +1,13 @@
 """tb_weightdiff.scores: how tags name layers, the scale rule, the scores of each variable."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from tb_weightdiff import judge
 from tb_weightdiff import scores
-from series import by_variable, ours
+from series import by_variable, histograms, ours
 
 
 @pytest.mark.parametrize(
@@ -65,3 +67,78 @@ def test_zero_spread_falls_back_to_the_layers_kernel(rng):
     [constant] = judge.analyze_series([ours("f/scale", [np.zeros(3), np.full(3, 2.0)])])
     variable = constant["layers"][0]["variables"][0]
     assert variable["scale_basis"] == "rms" and variable["shift"] == pytest.approx(1.0)
+
+
+def _scored(series_list, fraction=0.1):
+    variables = scores.build_variables(series_list, [])
+    return scores.score_layers(variables, fraction), {v.tag: v for v in variables}
+
+
+def test_like_is_compared_with_like(rng):
+    kernel = rng.normal(0, 0.2, (8, 8))
+    series = [
+        ours("m/dense/kernel", [kernel, kernel * 1.1]),
+        ours("m/dense/bias", [np.zeros(8), np.full(8, 0.01)]),
+        ours("m/embedding/embeddings", [kernel, kernel * 1.1]),
+        ours("m/torch_embed/weight", [kernel, kernel * 1.1]),
+        ours("m/norm/gamma", [np.ones(8), np.ones(8) * 1.01]),
+        ours("m/norm/moving_mean", [np.zeros(8), np.full(8, 0.2)], trainable=False),
+        ours("m/ln/weight", [np.ones(8), np.linspace(0.9, 1.1, 8)]),  # torch's LayerNorm: ones at first
+    ]
+    series[3] = dataclasses.replace(series[3], tag="m.embed_tokens.weight")
+    _, by_tag = _scored(series)
+    groups = {tag: variable.peer_group for tag, variable in by_tag.items()}
+    assert groups == {
+        "m/dense/kernel": scores.WEIGHTS,
+        "m/dense/bias": scores.CONSTANT_INIT,
+        "m/embedding/embeddings": scores.EMBEDDING,
+        "m.embed_tokens.weight": scores.EMBEDDING,
+        "m/norm/gamma": scores.CONSTANT_INIT,
+        "m/norm/moving_mean": scores.STATISTICS,
+        "m/ln/weight": scores.CONSTANT_INIT,
+    }
+    # The writer's layer class, where it recorded one, comes first.
+    typed = dataclasses.replace(ours("m/table/weight", [kernel, kernel * 1.1]), layer_type="Embedding")
+    assert scores.peer_group(scores.build_variables([typed], [])[0]) == scores.EMBEDDING
+
+
+def test_a_layer_is_decided_by_gamma_not_beta_nor_its_statistics(rng):
+    ones, zeros = np.ones(8), np.zeros(8)
+    variables = scores.build_variables(
+        [
+            histograms("bn/beta/histogram", [zeros + 0.01 * rng.standard_normal(8), zeros + 0.05 * rng.standard_normal(8)]),
+            histograms("bn/gamma/histogram", [ones + 0.01 * rng.standard_normal(8), ones + 0.02 * rng.standard_normal(8)]),
+            histograms("bn/moving_mean/histogram", [zeros + rng.standard_normal(8), zeros + rng.standard_normal(8)]),
+        ],
+        [],
+    )
+    scores.score_layers(variables)
+    assert scores.driver(variables).name == "gamma"
+
+
+def test_decay_alone_leaves_no_rotation_and_learning_does(rng):
+    start = rng.normal(0, 0.1, (16, 16)).astype(np.float32)
+    decayed = [start * np.float32(0.999) ** (10 * step) for step in range(4)]
+    learned = [start + 0.01 * step * rng.standard_normal(start.shape).astype(np.float32) for step in range(4)]
+    _, by_tag = _scored([ours("a/dead/kernel", decayed), ours("a/live/kernel", learned)])
+    dead, live = by_tag["a/dead/kernel"], by_tag["a/live/kernel"]
+    assert dead.rescale_residual < 1e-3 and dead.rescale == pytest.approx(0.999 ** 30, rel=1e-5)
+    assert live.rescale_residual > 0.5
+    assert dead.movement_step == 3
+
+
+def test_settled_step_is_where_the_per_step_shift_stays_low():
+    steps = [0, 1, 2, 3, 4, 5, 6]
+    assert scores.settled_step(steps, [np.nan, 5, 4, 3, 0.2, 0.1, 0.0], 0.1) == 3
+    assert scores.settled_step(steps, [np.nan, 5, 4, 3, 2, 1, 0.1], 0.1) is None  # only the last interval is low
+    assert scores.settled_step(steps, [np.nan, 0, 0, 0, 0, 0, 0], 0.1) is None  # never moved
+    assert scores.settled_step(steps[:2], [np.nan, 1.0], 0.1) is None
+
+
+def test_updates_give_the_movement_per_update(rng):
+    start = rng.normal(size=(8, 8))
+    _, by_tag = _scored([ours("a/w", [start, start * 1.5])])
+    variable = by_tag["a/w"]
+    scores.attach_updates([variable], [0, 1], [0, 400])
+    assert variable.updates == 400
+    assert variable.update_ratio == pytest.approx(variable.movement / 20)

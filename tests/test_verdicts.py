@@ -21,10 +21,10 @@ def model(rng):
 
 def test_thresholds_validate_and_parse():
     defaults = verdicts.Thresholds()
-    assert defaults.to_json() == {
-        "min_relative_change": defaults.min_relative_change,
-        "min_shift": defaults.min_shift,
-        "min_ratio_to_median": defaults.min_ratio_to_median,
+    assert defaults.to_json() == {name: getattr(defaults, name) for name in verdicts.Thresholds.names()}
+    assert set(verdicts.Thresholds.names()) == {
+        "min_relative_change", "min_shift", "min_ratio_to_median", "max_rescale_residual",
+        "max_histogram_rescale_residual", "min_update_ratio", "settled_fraction",
     }
     for bad in (-1e-3, float("nan"), float("inf"), "0.1", None, True):
         with pytest.raises(ValueError, match="min_shift"):
@@ -135,8 +135,10 @@ def test_ratio_to_median_flags_a_layer_far_below_the_others(rng):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # histogram_pb of a NaN
 def test_plain_histograms(rng):
-    kernel = rng.normal(0, 0.2, (16, 16))
-    others = [histograms("s/l%d/kernel/histogram" % i, walk(rng, rng.normal(0, 0.2, (16, 16)), 4, 0.1)) for i in range(3)]
+    # 1,024 values: in a histogram of a few hundred, one value crossing a bucket
+    # edge already moves it by ~1e-3 of its spread (README, "Blind spots").
+    kernel = rng.normal(0, 0.2, (32, 32))
+    others = [histograms("s/l%d/kernel/histogram" % i, walk(rng, rng.normal(0, 0.2, (32, 32)), 4, 0.1)) for i in range(3)]
     broken = walk(rng, kernel, 4, 0.1)
     broken[2] = broken[2].copy()
     broken[2][0, 0] = np.nan
@@ -182,3 +184,96 @@ def test_strict_replaces_every_non_finite_number():
     value = {"a": [1.0, float("nan"), {"b": float("inf")}], "c": (float("-inf"), 2), "d": "nan"}
     assert verdicts.strict(value) == {"a": [1.0, None, {"b": None}], "c": [None, 2], "d": "nan"}
     assert verdicts.finite(float("nan")) is None and verdicts.finite(3) == 3.0
+
+
+def _kernels(rng, rates, steps=4, shape=(16, 16)):
+    return [ours("m/l%d/kernel" % i, walk(rng, rng.normal(0, 0.2, shape), steps, rate)) for i, rate in enumerate(rates)]
+
+
+def test_a_layer_is_judged_against_the_median_of_its_peers_in_log_space(rng):
+    series = _kernels(rng, [0.1, 0.1, 0.1, 1e-5])
+    [run] = judge.analyze_series(series)
+    layers = by_layer(run)
+    slow = layers["m/l3"]
+    assert slow["verdict"] == "not_learning" and "median" in slow["reason"]
+    assert slow["hint"] == verdicts.HINTS["not_learning"]
+    # Leave-one-out: the others' geometric median, not a median the slow layer drags down.
+    others = [layers["m/l%d" % i]["movement"] for i in range(3)]
+    assert slow["ratio_to_median"] == pytest.approx(slow["movement"] / np.exp(np.median(np.log(others))))
+    assert slow["margin"] == pytest.approx(np.log10(verdicts.Thresholds().min_ratio_to_median / slow["ratio_to_median"]))
+    assert run["peer_medians"]["weights"]["relative_change"] > 0
+
+
+def test_a_run_that_moves_little_everywhere_is_learning_everywhere(rng):
+    """Fine-tuning at a small learning rate: every layer moves 1e-5 relative, alike."""
+    [run] = judge.analyze_series(_kernels(rng, [1e-5, 1.2e-5, 0.8e-5]))
+    assert {layer["verdict"] for layer in run["layers"]} == {"learning"}
+    assert all(layer["hint"] is None for layer in run["layers"])
+
+
+def test_a_layer_without_peers_of_its_kind_is_not_held_to_other_kinds(rng):
+    series = _kernels(rng, [0.1, 0.1]) + [ours("m/embedding/embeddings", walk(rng, rng.normal(0, 0.05, (50, 8)), 4, 1e-4))]
+    [run] = judge.analyze_series(series)
+    embedding = by_layer(run)["m/embedding"]
+    assert embedding["peer_group"] == "embedding" and embedding["ratio_to_median"] is None
+    assert embedding["verdict"] == "learning"
+
+
+def test_decay_only_from_our_summaries(rng):
+    start = rng.normal(0, 0.2, (16, 16))
+    series = _kernels(rng, [0.1, 0.1]) + [ours("m/dead/kernel", [start * 0.99 ** step for step in range(4)])]
+    [run] = judge.analyze_series(series)
+    dead = by_layer(run)["m/dead"]
+    assert dead["verdict"] == "decay_only"
+    assert "only weight decay" in dead["reason"] and dead["hint"] == verdicts.HINTS["decay_only"]
+    assert dead["rescale_residual"] < 1e-6 and dead["margin"] > 4
+    # A tensor that grew by a rescaling is not decay.
+    grown = [ours("m/grown/kernel", [start * 1.01 ** step for step in range(4)])]
+    [run] = judge.analyze_series(_kernels(rng, [0.1, 0.1]) + grown)
+    assert by_layer(run)["m/grown"]["verdict"] == "learning"
+
+
+def test_decay_only_from_plain_histograms_needs_a_proportional_histogram(rng):
+    start = rng.uniform(-0.3, 0.3, (32, 32))
+    live = [histograms("s/l%d/kernel/histogram" % i, walk(rng, rng.uniform(-0.3, 0.3, (32, 32)), 4, 0.1)) for i in range(2)]
+    dead = histograms("s/dead/kernel/histogram", [start * 0.98 ** step for step in range(4)])
+    [run] = judge.analyze_series(live + [dead])
+    assert by_layer(run)["s/dead"]["verdict"] == "decay_only"
+    # Shrinking while learning keeps a Gaussian's shape: histograms cannot tell, and say so.
+    gaussian = rng.normal(0, 0.2, (32, 32))
+    blurred = [histograms("s/gauss/kernel/histogram", [gaussian * 0.98 ** step + 0.0005 * step * rng.standard_normal(gaussian.shape) for step in range(4)])]
+    [run] = judge.analyze_series(live + blurred)
+    layer = by_layer(run)["s/gauss"]
+    assert layer["verdict"] == "learning" and "cannot tell" in layer["reason"]
+
+
+def test_moved_only_at_floating_point_precision(rng):
+    start = rng.normal(0, 0.2, (16, 16)).astype(np.float32)
+    nudged = start.copy()
+    nudged[0, 0] = np.nextafter(nudged[0, 0], np.float32(1))
+    [run] = judge.analyze_series(_kernels(rng, [0.1, 0.1]) + [ours("m/rounding/kernel", [start, nudged])])
+    layer = by_layer(run)["m/rounding"]
+    assert layer["verdict"] == "not_learning" and "floating-point precision" in layer["reason"]
+    assert "round away" in layer["hint"]
+
+
+def test_a_non_trainable_tensor_that_changes_is_judged_on_the_facts_only(rng):
+    kernel = rng.normal(0, 0.2, (8, 8))
+    series = _kernels(rng, [0.1, 0.1]) + [ours("m/set_by_hand/kernel", [kernel, kernel * 0.5], trainable=False)]
+    [run] = judge.analyze_series(series)
+    layer = by_layer(run)["m/set_by_hand"]
+    assert layer["peer_group"] == "statistics" and layer["verdict"] == "learning" and "not trainable" in layer["reason"]
+
+
+def test_a_run_that_barely_moves_per_update_is_a_finding_not_a_verdict(rng):
+    series = _kernels(rng, [1e-6, 1.2e-6, 0.9e-6])
+    optimizer = {"steps": [0, 1, 2, 3], "updates": [0.0, 1000.0, 2000.0, 3000.0], "learning_rate": [1e-7] * 4}
+    [run] = judge.analyze_series(series, optimizers={"run": optimizer})
+    assert {layer["verdict"] for layer in run["layers"]} == {"learning"}
+    (finding,) = run["findings"]
+    assert finding["kind"] == "barely_moving" and finding["learning_rate"] == 1e-7
+    assert finding["update_ratio"] < verdicts.Thresholds().min_update_ratio
+    assert run["optimizer"]["updates"] == [0.0, 1000.0, 2000.0, 3000.0]
+    # Moving normally: no finding.
+    [run] = judge.analyze_series(_kernels(rng, [0.1, 0.1, 0.1]), optimizers={"run": optimizer})
+    assert run["findings"] == []
