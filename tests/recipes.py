@@ -11,7 +11,7 @@ be true of every layer that has weights:
     truth.variables == {"dead_branch": {"kernel": "dead_decay", "bias": "frozen"}, ...}
     truth.notes == {"dead_branch": "...what was measured..."}
 
-The keys are the layer names of the analysis (`tb_weightdiff.analysis.split_tag(tag)[0]`),
+The keys are the layer names of the analysis (`tb_weightdiff.scores.split_tag(tag)[0]`),
 for both sources of the run. The facts:
 
 | fact | what it means | a correct judge says |
@@ -19,11 +19,11 @@ for both sources of the run. The facts:
 | `trains` | the optimizer updates it with a real (non-zero) gradient of the loss | learning |
 | `frozen` | never changes: trainable=False, requires_grad=False, not in the optimizer, or no gradient at all (which every optimizer here skips, weight decay included) | frozen |
 | `frozen_stats` | a BatchNorm kept in inference mode with trainable=False: never changes | frozen |
-| `dead_decay` | the loss's gradient is exactly 0, but weight decay or an L2 penalty changes it | not_learning |
+| `dead_decay` | the loss's gradient is exactly 0, but weight decay or an L2 penalty changes it | decay_only (not_learning also flags it) |
 | `slow` | planted: its gradient scaled down by 1e4 under SGD | not_learning |
 | `nan` | planted: a NaN written into it | diverged |
 | `permuted` | planted: trainable=False, permuted by a callback every epoch | learning (ours) / frozen (histograms: blind spot) |
-| `statistics` | its only variables are non-trainable running statistics that change | (none prescribed) |
+| `statistics` | its only variables are non-trainable running statistics that change | learning (it is not flagged) |
 
 A layer's fact is that of its trainable variables (BatchNorm's moving
 statistics are `statistics` in `truth.variables`). Every fact is checked
@@ -75,11 +75,11 @@ EXPECTED_VERDICT = {
     "trains": ("learning", "learning"),
     "frozen": ("frozen", "frozen"),
     "frozen_stats": ("frozen", "frozen"),
-    "dead_decay": ("not_learning", "not_learning"),
+    "dead_decay": ("decay_only", "decay_only"),
     "slow": ("not_learning", "not_learning"),
     "nan": ("diverged", "diverged"),
     "permuted": ("learning", "frozen"),
-    "statistics": (None, None),
+    "statistics": ("learning", "learning"),
 }
 
 
@@ -106,7 +106,7 @@ class Truth(dict):
 
 
 def split_tag(tag):
-    from tb_weightdiff.analysis import split_tag as split  # pylint: disable=import-outside-toplevel
+    from tb_weightdiff.scores import split_tag as split  # pylint: disable=import-outside-toplevel
 
     return split(tag)
 
@@ -782,12 +782,12 @@ RECIPES = _recipes()
 
 def check_layer_names(run_dir, truth):
     """Raises TruthError unless the truth's layers are exactly the layers the analysis finds, from both sources."""
-    from tb_weightdiff import analysis, reader  # pylint: disable=import-outside-toplevel
+    from tb_weightdiff import judge, reader  # pylint: disable=import-outside-toplevel
 
     found = {}
     with reader.open_logdir(run_dir, loader="python") as opened:
         for source in ("tb_weightdiff", "histograms"):
-            result = analysis.analyze_logdir(opened, source=source)
+            result = judge.analyze_logdir(opened, source=source)
             found[source] = {layer["name"] for run in result["runs"] for layer in run["layers"]}
     for source, names in found.items():
         if names != set(truth):
@@ -828,6 +828,85 @@ def run(logdir, size="ci", seed=0, only=None, check=True, out=sys.stdout):
               file=out, flush=True)
     print("%-38s %6.1f s" % ("total", sum(timings.values())), file=out, flush=True)
     return truths, timings
+
+
+# ------------------------------------------------------ the confusion table --
+
+# A layer of these facts did not learn: a verdict that does not flag it is a miss.
+_FLAGGED_FACTS = {"dead_decay": {"decay_only", "not_learning"}, "slow": {"not_learning", "decay_only"}, "nan": {"diverged"}}
+# What a source provably cannot see, when the judge says so in the layer's reason.
+_CANNOT_TELL = "cannot tell"
+
+
+def outcome(fact, source, layer):
+    """How a verdict stands against the truth: "right", "miss", "false alarm" or "cannot tell".
+
+    A miss is a layer that did not learn (dead_decay, slow, nan) called
+    anything that does not flag it, or a frozen one called anything but
+    frozen; a false alarm is a layer that learns (trains, statistics) flagged.
+    "Cannot tell": histograms of a permuted layer (identical histograms), and
+    a layer that did not learn whose histograms the judge itself says cannot
+    tell it from learning.
+    """
+    verdict = layer["verdict"]
+    if fact == "permuted" and source == "histograms":
+        return "cannot tell" if verdict == "frozen" else "miss"
+    if verdict == expected_verdict(fact, source):
+        return "right"
+    if fact in _FLAGGED_FACTS:
+        if verdict in _FLAGGED_FACTS[fact]:
+            return "right"
+        if source == "histograms" and verdict == "learning" and _CANNOT_TELL in layer["reason"]:
+            return "cannot tell"
+        return "miss"
+    if fact in ("frozen", "frozen_stats"):
+        return "miss"
+    return "false alarm"
+
+
+def judge_corpus(logdir, loader="rust"):
+    """Judges a corpus (from `run`) from both sources: `[(recipe, source, layer name, fact, layer dict)]`."""
+    from tb_weightdiff import judge, reader  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(logdir, "truth.json")) as handle:
+        truths = json.load(handle)
+    rows = []
+    with reader.open_logdir(logdir, loader=loader) as opened:
+        for source in ("tb_weightdiff", "histograms"):
+            for run_entry in judge.analyze_logdir(opened, source=source)["runs"]:
+                recipe = run_entry["run"].split("/")[0]
+                facts = truths.get(recipe, {}).get("layers", {})
+                for layer in run_entry["layers"]:
+                    rows.append((recipe, source, layer["name"], facts.get(layer["name"]), layer))
+    return rows
+
+
+def confusion_markdown(rows):
+    """The README's confusion table: per recipe and source, layers, misses, false alarms,
+    what the source cannot tell, and the smallest margin of a verdict (decades from flipping)."""
+    table = collections.OrderedDict()
+    for recipe, source, _, fact, layer in rows:
+        cell = table.setdefault((recipe, source), {"layers": 0, "miss": 0, "false alarm": 0, "cannot tell": 0, "margins": []})
+        cell["layers"] += 1
+        result = outcome(fact, source, layer)
+        if result != "right":
+            cell[result] += 1
+        elif layer.get("margin") is not None:
+            cell["margins"].append((layer["margin"], layer["name"], layer["verdict"]))
+    lines = [
+        "| recipe | source | layers | misses | false alarms | cannot tell | smallest margin (layer, verdict) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for (recipe, source), cell in table.items():
+        margin = min(cell["margins"]) if cell["margins"] else None
+        lines.append("| %s | %s | %d | %d | %d | %d | %s |" % (
+            recipe, "ours" if source == "tb_weightdiff" else "histograms", cell["layers"], cell["miss"],
+            cell["false alarm"], cell["cannot tell"],
+            "%.2f (%s, %s)" % margin if margin else "-"))
+    totals = {key: sum(cell[key] for cell in table.values()) for key in ("layers", "miss", "false alarm", "cannot tell")}
+    lines.append("| **all** | | %d | %d | %d | %d | |" % (
+        totals["layers"], totals["miss"], totals["false alarm"], totals["cannot tell"]))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------ contradictions --
@@ -916,7 +995,12 @@ def _main(argv):
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--contradictions", nargs=3, metavar=("CORPUS", "OURS_JSON", "HISTOGRAMS_JSON"),
                         help="print the layers whose verdicts contradict CORPUS/truth.json, as markdown")
+    parser.add_argument("--table", metavar="CORPUS",
+                        help="judge CORPUS (trained before, or with --logdir now) and print the confusion table")
     args = parser.parse_args(argv)
+    if args.table and not args.logdir:
+        print(confusion_markdown(judge_corpus(args.table)))
+        return 0
     if args.list:
         for recipe in RECIPES.values():
             print("%-38s %-6s %s" % (recipe.name, recipe.framework, recipe.description))
@@ -934,6 +1018,8 @@ def _main(argv):
     if not args.logdir:
         parser.error("--logdir is required (or --list, --contradictions)")
     run(args.logdir, size=args.size, seed=args.seed, only=args.only, check=not args.no_check)
+    if args.table:
+        print(confusion_markdown(judge_corpus(args.logdir)))
     return 0
 
 
