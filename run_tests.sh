@@ -5,6 +5,7 @@
 # every test; then install the same wheel into a second environment WITHOUT
 # TensorFlow (where TensorBoard often runs) and run the suite again there:
 # the plugin, weights_pb and the CLI must work; TensorFlow-only tests skip.
+# The first environment also has PyTorch (CPU), for the corpus's PyTorch recipes.
 #
 #   bash run_tests.sh              # everything
 #   bash run_tests.sh -k summary   # extra arguments go to both pytest runs
@@ -32,7 +33,9 @@ rm -rf .venv-test .venv-notf dist-test
 .venv-test/bin/python -m pip install -q --upgrade pip setuptools wheel
 .venv-test/bin/python -m pip wheel -q --no-deps --no-build-isolation -w dist-test .
 WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
-.venv-test/bin/python -m pip install -q "$WHEEL[tf,test]"
+# PyTorch's CPU build, pinned: a plain `torch` from PyPI is a CUDA build of several GB.
+.venv-test/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0+cpu}"
+.venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,test]"
 
 echo "== tests with TensorFlow (installed wheel: $WHEEL) =="
 TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider "$@"

@@ -28,6 +28,9 @@ setuptools.setup(
     install_requires=["tensorboard>=2.21", "numpy", "werkzeug"],
     extras_require={
         "tf": ["tensorflow>=2.21"],
+        # For weights_pb from PyTorch code and the corpus's PyTorch recipes; pin a CPU
+        # build first where a plain `torch` would pull a CUDA one.
+        "torch": ["torch>=2.1"],
         "test": [
             "pytest",
             "pytest-timeout",

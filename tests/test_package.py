@@ -15,7 +15,7 @@ from conftest import requires_tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_HEAVY = ("tensorflow", "keras", "tf_keras")
+_HEAVY = ("tensorflow", "keras", "tf_keras", "torch", "jax")
 
 
 def _tracked_files():
