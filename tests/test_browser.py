@@ -143,6 +143,54 @@ def test_verdict_filter_and_thresholds(planted, tensorboard_process, page):
     assert page.errors == []
 
 
+def _write_decay_and_tiny_runs(logdir, rng):
+    from tb_weightdiff import events
+
+    def walk(start, rate, steps=5):
+        arrays = [start]
+        for _ in range(steps - 1):
+            arrays.append(arrays[-1] + rate * rng.standard_normal(start.shape).astype(np.float32) * start.std())
+        return arrays
+
+    for run, rates, dead in (("decay", [0.1, 0.12, 0.08], True), ("tiny", [1e-6, 1.2e-6, 0.9e-6], False)):
+        writer = events.create_writer(logdir / run)
+        layers = {"net/l%d/kernel" % i: walk(rng.normal(0, 0.2, (32, 32)).astype(np.float32), rate) for i, rate in enumerate(rates)}
+        if dead:
+            start = rng.normal(0, 0.2, (32, 32)).astype(np.float32)
+            layers["net/dead/kernel"] = [start * np.float32(0.99) ** step for step in range(5)]
+        for step in range(5):
+            for tag, arrays in layers.items():
+                events.write_weights(writer, tag, arrays[step], step, reference=arrays[0], trainable=True, layer_type="Dense")
+            events.write_optimizer(writer, step, updates=1000 * step, learning_rate=1e-7)
+        writer.close()
+
+
+def test_decay_only_hints_settled_steps_and_run_findings(tmp_path, tensorboard_process, page):
+    logdir = tmp_path / "logs"
+    _write_decay_and_tiny_runs(logdir, np.random.default_rng(3))
+    server = tensorboard_process(logdir)
+    server.wait_for(lambda j: len(j["runs"]) == 2, "/data/plugin/tb_weightdiff/runs")
+    frame = _open_tab(page, server, [])
+    # The verdicts the filter offers are the analysis's own, decay_only among them.
+    offered = frame.locator(".verdict-filter input").evaluate_all("inputs => inputs.map(i => i.value)")
+    assert offered == list(verdicts.VERDICTS)
+    dead = frame.locator('section.run[data-run="decay"] tr.layer-row[data-layer="net/dead"]')
+    assert dead.get_attribute("data-verdict") == "decay_only"
+    assert dead.locator(".badge").inner_text() == "decay only"
+    colour = dead.locator(".badge").evaluate("badge => getComputedStyle(badge).backgroundColor")
+    others = frame.locator(".verdict-filter .badge").evaluate_all("badges => badges.map(b => getComputedStyle(b).backgroundColor)")
+    assert others.count(colour) == 1  # a colour of its own
+    assert "No gradient reaches it" in dead.locator(".hint").inner_text()
+    assert "decades from flipping" in dead.locator("td.verdict").get_attribute("title")
+    assert frame.locator('section.run[data-run="decay"] th').filter(has_text="settled at").count() == 1
+    # A run that barely moves anywhere: one finding about the run, no layer flagged.
+    tiny = frame.locator('section.run[data-run="tiny"]')
+    assert "barely moves" in tiny.locator(".findings li").inner_text()
+    assert set(tiny.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.verdict)")) == {"learning"}
+    _screenshot(page, "tab-decay-findings.png")
+    assert page.errors == []
+
+
 def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
     logdir, series = planted
     server = _serve(logdir, tensorboard_process)

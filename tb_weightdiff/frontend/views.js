@@ -76,15 +76,26 @@ export function controls(state, on) {
   return bar;
 }
 
+function verdictCell(entry) {
+  const margin = entry.margin === null || entry.margin === undefined ? '' : `${formatNumber(entry.margin)} decades from flipping`;
+  return el('td', {class: 'verdict', title: margin}, [badge(entry.verdict)]);
+}
+
 function scoreCells(entry) {
   const movementTitle = entry.movement_kind === 'relative_change' ? '||W - W0|| / ||W0||' : 'shift from the baseline, in baseline std';
   return [
     el('td', {class: 'number', title: movementTitle, text: formatNumber(entry.movement)}),
-    el('td', {class: 'number', text: formatNumber(entry.ratio_to_median)}),
+    el('td', {class: 'number', title: entry.peer_group ? `peers: ${entry.peer_group}` : '', text: formatNumber(entry.ratio_to_median)}),
     el('td', {class: 'number', text: formatNumber(entry.shift)}),
     el('td', {class: 'number', text: formatNumber(entry.cosine_distance)}),
     el('td', {}, [sparkline(entry.per_step_shift || [])]),
+    el('td', {class: 'number settled', text: entry.settled_step === null || entry.settled_step === undefined ? '—' : String(entry.settled_step)}),
   ];
+}
+
+/** Why: the reason, and for a flagged verdict what usually causes it. */
+function whyCell(entry) {
+  return el('td', {class: 'reason'}, [entry.reason, entry.hint ? el('div', {class: 'hint', text: entry.hint}) : null]);
 }
 
 /**
@@ -100,14 +111,18 @@ export function runSection(run, view, on) {
     el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
       el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'WeightDiffCallback summaries' : 'plain histograms'})]),
     el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`}),
+    (run.findings || []).length ? el('ul', {class: 'findings'}, run.findings.map((finding) => el('li', {text: finding.message, dataset: {kind: finding.kind}}))) : null,
     run.warnings.length ? el('ul', {class: 'warnings'}, run.warnings.map((warning) => el('li', {text: warning}))) : null,
   ]);
   const table = el('table', {class: 'layers'});
   table.appendChild(el('thead', {}, [el('tr', {}, [
     el('th', {text: 'layer / variable'}), el('th', {text: 'verdict'}),
     el('th', {text: 'movement', title: 'relative change where WeightDiffCallback recorded a reference, else shift'}),
-    el('th', {text: '× run median'}), el('th', {text: 'shift'}), el('th', {text: 'cosine dist.'}),
-    el('th', {text: 'per-step shift'}), el('th', {text: 'why'}),
+    el('th', {text: '× peers', title: "movement / the median movement of the run's other layers of its kind"}),
+    el('th', {text: 'shift'}), el('th', {text: 'cosine dist.'}),
+    el('th', {text: 'per-step shift'}),
+    el('th', {text: 'settled at', title: 'the step after which its per-step shift stayed below a fraction of its peak'}),
+    el('th', {text: 'why'}),
   ])]));
   const body = el('tbody');
   for (const layer of layers) {
@@ -116,7 +131,7 @@ export function runSection(run, view, on) {
     body.appendChild(el('tr', {class: 'layer-row', dataset: {layer: layer.name, verdict: layer.verdict},
       onclick: () => on.toggleLayer(run.run, layer.name)}, [
       el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
-      el('td', {}, [badge(layer.verdict)]), ...scoreCells(layer), el('td', {class: 'reason', text: layer.reason}),
+      verdictCell(layer), ...scoreCells(layer), whyCell(layer),
     ]));
     if (!open) continue;
     for (const variable of layer.variables) {
@@ -124,12 +139,12 @@ export function runSection(run, view, on) {
       body.appendChild(el('tr', {class: `variable-row${selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
         title: 'show this variable', onclick: () => on.openVariable(run.run, variable.tag)}, [
         el('td', {class: 'name variable-name', text: variable.name + (variable.trainable === false ? ' (not trainable)' : '')}),
-        el('td', {}, [badge(variable.verdict)]), ...scoreCells(variable), el('td', {class: 'reason', text: variable.reason}),
+        verdictCell(variable), ...scoreCells(variable), whyCell(variable),
       ]));
     }
   }
   if (!layers.length) {
-    body.appendChild(el('tr', {}, [el('td', {colspan: 8, class: 'muted', text: 'No layer passes the verdict filter.'})]));
+    body.appendChild(el('tr', {}, [el('td', {colspan: 9, class: 'muted', text: 'No layer passes the verdict filter.'})]));
   }
   table.appendChild(body);
   section.appendChild(table);
@@ -168,6 +183,7 @@ export function detailPanel(detail, selection, on) {
       el('button', {type: 'button', class: 'close', text: 'Close', onclick: on.close}),
     ]),
     el('p', {}, [scores.verdict ? badge(scores.verdict) : null, ' ', scores.reason || '']),
+    scores.hint ? el('p', {class: 'hint', text: scores.hint}) : null,
     ...detail.caveats.map((caveat) => el('p', {class: 'caveat', text: caveat})),
     el('div', {class: 'sliders'}, [
       el('label', {class: 'slider-a'}, ['A ', slider('a', selection.a), el('span', {class: 'step-a', text: ` step ${steps[selection.a]}`})]),
