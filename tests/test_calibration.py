@@ -350,12 +350,12 @@ def _main(argv):
                     "Keras histograms": judge_logdir(directory, metadata.HISTOGRAM_PLUGIN_NAME),
                 }
             )
-    print("| model | source | layer | driver | movement | x median | shift (last) | verdict |")
+    print("| model | source | layer | driver | movement | x peers | shift (last) | verdict |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(score_table(results_by_seed[0])))
     if extra_seeds:
         print()
-        print("| model | source | layer | verdicts | movement (min..max) | x median (min..max) |")
+        print("| model | source | layer | verdicts | movement (min..max) | x peers (min..max) |")
         print("|---|---|---|---|---|---|")
         for (model, label, name), (verdicts, low, high, ratio_low, ratio_high) in seed_ranges(results_by_seed).items():
             print(
