@@ -61,7 +61,10 @@ class WeightDiffCallback(keras.callbacks.Callback):
     `fit` starts (no `keras.Input`) gets its weights only inside the
     first train step, which also updates them: step 0 then holds the
     weights after the first batch, and a warning says so. Whether each
-    variable is trainable is recorded with every step.
+    variable is trainable is recorded with every step, and so are each
+    variable's layer class and the optimizer's update count and learning
+    rate (two TensorBoard scalars): the verdicts use them to compare like
+    with like and to measure movement per update.
 
     Events go to `<log_dir>/train`, beside those of
     `keras.callbacks.TensorBoard(log_dir)`, so both appear as one run.

@@ -912,14 +912,6 @@ def confusion_markdown(rows):
 # ------------------------------------------------------ contradictions --
 
 
-def _fmt(value):
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    return "%.2g" % value
-
-
 def contradictions(truths, reports):
     """`[(recipe, source, layer, fact, expected, layer json)]` where the verdict contradicts the truth.
 
@@ -953,18 +945,20 @@ def contradictions(truths, reports):
 
 
 def contradictions_markdown(truths, reports):
+    from test_calibration import fmt  # pylint: disable=import-outside-toplevel
+
     rows, statistics = contradictions(truths, reports)
     lines = ["| recipe | source | layer | fact | expected | verdict | movement | x median | relative change | cosine distance |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def line(row):
         recipe, source, name, fact, expected, layer = row
-        movement = _fmt(layer["movement"])
+        movement = fmt(layer["movement"])
         if layer["movement"] is not None:
             movement += " (%s)" % ("rel" if layer["movement_kind"] == "relative_change" else "shift")
         return "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             recipe, source, name, fact, expected or "-", layer["verdict"], movement,
-            _fmt(layer["ratio_to_median"]), _fmt(layer["relative_change"]), _fmt(layer["cosine_distance"]))
+            fmt(layer["ratio_to_median"]), fmt(layer["relative_change"]), fmt(layer["cosine_distance"]))
 
     lines.extend(line(row) for row in rows)
     total = sum(len(run_entry["layers"]) for report in reports.values() for run_entry in report["runs"]

@@ -286,7 +286,7 @@ def score_table(results):
         for run in result["runs"]:
             model = run["run"].split("/")[0]
             for name, layer in sorted(_layers(run).items()):
-                movement = _fmt(layer["movement"])
+                movement = fmt(layer["movement"])
                 if layer["movement"] is not None:
                     movement += " (%s)" % ("rel" if layer["movement_kind"] == "relative_change" else "shift")
                 verdict = layer["verdict"]
@@ -296,7 +296,7 @@ def score_table(results):
                     "| %s | %s | %s | %s | %s | %s | %s | %s |"
                     % (
                         model, label, name, layer["driver"], movement,
-                        _fmt(layer["ratio_to_median"]), _fmt(layer["shift"]), verdict,
+                        fmt(layer["ratio_to_median"]), fmt(layer["shift"]), verdict,
                     )
                 )
     return rows
@@ -323,7 +323,8 @@ def seed_ranges(results_by_seed):
     return summary
 
 
-def _fmt(value):
+def fmt(value):
+    """A score for a markdown table: 2 significant digits, '-' when absent."""
     if value is None:
         return "-"
     if value == 0:
@@ -360,7 +361,7 @@ def _main(argv):
         for (model, label, name), (verdicts, low, high, ratio_low, ratio_high) in seed_ranges(results_by_seed).items():
             print(
                 "| %s | %s | %s | %s | %s..%s | %s..%s |"
-                % (model, label, name, ", ".join(verdicts), _fmt(low), _fmt(high), _fmt(ratio_low), _fmt(ratio_high))
+                % (model, label, name, ", ".join(verdicts), fmt(low), fmt(high), fmt(ratio_low), fmt(ratio_high))
             )
 
 
