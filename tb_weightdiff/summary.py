@@ -180,14 +180,23 @@ def _quantile_positions(size):
 
 def _quantiles(sorted_finite):
     """Quantiles at the fixed probabilities, exactly as `np.quantile`'s default
-    (linear) method computes them, read off the sorted values."""
+    (linear) method computes them, read off the sorted values.
+
+    Where two neighbours are so far apart that their difference overflows
+    (values near +-1.8e308; np.quantile gives NaN there), the interpolation
+    is a weighted mean instead, which stays finite and in order.
+    """
     below, above, fraction, upper_half = _quantile_positions(sorted_finite.size)
     low = sorted_finite[below].astype(np.float64)
     high = sorted_finite[above].astype(np.float64)
-    difference = high - low
-    result = low + difference * fraction
-    # numpy's _lerp: interpolate from the nearer end, for monotonicity.
-    np.subtract(high, difference * (1 - fraction), out=result, where=upper_half)
+    with np.errstate(over="ignore", invalid="ignore"):
+        difference = high - low
+        result = low + difference * fraction
+        # numpy's _lerp: interpolate from the nearer end, for monotonicity.
+        np.subtract(high, difference * (1 - fraction), out=result, where=upper_half)
+        overflowed = ~np.isfinite(difference)
+        if overflowed.any():
+            result[overflowed] = (low * (1 - fraction) + high * fraction)[overflowed]
     return result
 
 

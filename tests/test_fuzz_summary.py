@@ -49,6 +49,8 @@ def _check(values, data):
     assert 0 <= stats["zero_fraction"] <= 1 or np.isnan(stats["zero_fraction"])
     for name in ("cosine_distance",):
         assert np.isnan(stats[name]) or 0 <= stats[name] <= 2
+    # What every writer produces passes the readers' check for damaged tensors.
+    metadata.check_summaries(np.asarray(values)[None, :])
 
 
 @SETTINGS
@@ -61,6 +63,12 @@ def test_weights_pb_gives_a_summary_or_a_value_error(data, buckets, trainable):
         return
     assert data.dtype.kind in "biuf"
     _check(tensor_util.make_ndarray(pb.value[0].tensor), data)
+
+
+@SETTINGS
+@given(data=hnp.arrays(np.float64, SHAPES, elements=st.floats(allow_nan=True, allow_infinity=True)))
+def test_weights_pb_of_any_float64_values_passes_the_damage_check(data):
+    _check(summary.weight_statistics(data, reference=data.ravel()[::-1].copy() if data.size else None), data)
 
 
 @SETTINGS
