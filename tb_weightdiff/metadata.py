@@ -239,8 +239,77 @@ def decode(values):
     )
 
 
-def decode_series(values_list):
+def _integral_counts(values):
+    """Finite, non-negative whole numbers (elementwise)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values >= 0) & (values == np.round(values))
+
+
+def _damage(table):
+    """`(row, reason)` of the first row of `[rows, length]` stored tensors that no writer
+    could have produced (a bit flip, a half-synced copy, a hand-written file), or None.
+
+    What `summary.weight_statistics` guarantees: whole, non-negative counts that
+    add up; a spread, norms and distances >= 0 (or NaN: none defined); a
+    fraction in [0, 1]; quantiles finite and non-decreasing when any value is
+    finite; buckets with finite, ordered edges and whole counts that add up to
+    the finite values. NaN and infinities in the weights themselves are data
+    (`diverged`), not damage: they are counted, never stored as statistics.
+    """
+    column = {name: table[:, index] for index, name in enumerate(STAT_FIELDS)}
+    quantiles = table[:, len(STAT_FIELDS):_HEADER_LENGTH]
+    histogram = table[:, _HEADER_LENGTH:].reshape(table.shape[0], -1, 3)
+    finite = column["finite_count"]
+    problems = []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name in ("count", "finite_count", "nan_count", "posinf_count", "neginf_count"):
+            problems.append((~_integral_counts(column[name]), "%s is not a whole number >= 0" % name))
+        parts = finite + column["nan_count"] + column["posinf_count"] + column["neginf_count"]
+        problems.append((parts != column["count"], "the counts of finite, NaN and infinite values do not add up to count"))
+        for name in ("std", "l2_norm", "reference_l2_norm", "reference_distance", "relative_change"):
+            problems.append((column[name] < 0, "%s is negative" % name))
+        problems.append(((column["zero_fraction"] < 0) | (column["zero_fraction"] > 1), "zero_fraction is outside [0, 1]"))
+        problems.append(((column["cosine_distance"] < 0) | (column["cosine_distance"] > 2), "cosine_distance is outside [0, 2]"))
+        trainable = column["trainable"]
+        problems.append((~np.isnan(trainable) & (trainable != 0) & (trainable != 1), "trainable is not 0, 1 or NaN"))
+        fingerprint = column["fingerprint"]
+        problems.append((~_integral_counts(fingerprint) | (fingerprint >= 2.0**32), "fingerprint is not a CRC-32"))
+        some = finite > 0
+        for name in ("min", "max"):
+            problems.append((some & ~np.isfinite(column[name]), "%s is not finite though finite values were counted" % name))
+        problems.append((some & (column["min"] > column["max"]), "min is above max"))
+        unordered = (some[:, None] & ~np.isfinite(quantiles)).any(axis=1) | (np.diff(quantiles, axis=1) < 0).any(axis=1)
+        problems.append((unordered, "quantiles are not finite and non-decreasing"))
+        if histogram.shape[1]:
+            left, right, counts = histogram[:, :, 0], histogram[:, :, 1], histogram[:, :, 2]
+            problems.append(((~_integral_counts(counts)).any(axis=1), "a bucket count is not a whole number >= 0"))
+            problems.append((some & (counts.sum(axis=1) != finite), "the bucket counts do not add up to finite_count"))
+            edges_bad = ~np.isfinite(left).all(axis=1) | ~np.isfinite(right).all(axis=1)
+            edges_bad |= (left > right).any(axis=1) | (right[:, :-1] > left[:, 1:]).any(axis=1)
+            problems.append((some & edges_bad, "bucket edges are not finite and in order"))
+    for rows, reason in problems:
+        hits = np.flatnonzero(rows)
+        if hits.size:
+            return int(hits[0]), reason
+    return None
+
+
+def check_summaries(table, steps=None):
+    """Raises ValueError naming the first damaged row of stored tensors (see `_damage`)."""
+    table = np.asarray(table, dtype=np.float64)
+    found = _damage(table.reshape(-1, table.shape[-1]))
+    if found is not None:
+        row, reason = found
+        where = "step %d" % steps[row] if steps is not None else "row %d" % row
+        raise ValueError("damaged tb_weightdiff tensor at %s: %s" % (where, reason))
+
+
+def decode_series(values_list, steps=None):
     """Unpacks the stored tensors of one series (one tag, every step) at once.
+
+    Args:
+      values_list: the stored tensors, one per step.
+      steps: optional steps, to name the one a damaged tensor is at.
 
     Returns:
       `(summaries, table)`: a `WeightSummary` per tensor, as `decode` gives
@@ -250,7 +319,7 @@ def decode_series(values_list):
 
     Raises:
       ValueError: a tensor does not have the layout of this format version,
-        as `decode` says.
+        as `decode` says, or holds what no writer produces (`check_summaries`).
     """
     arrays = [np.asarray(values) for values in values_list]
     sizes = {array.size for array in arrays}
@@ -262,12 +331,33 @@ def decode_series(values_list):
         and all(array.ndim == 1 and array.dtype.kind == "f" for array in arrays)
     )
     if not uniform:
-        return [decode(array) for array in arrays], None
+        summaries = [decode(array) for array in arrays]
+        for index, array in enumerate(arrays):
+            check_summaries(array[None, :], None if steps is None else [steps[index]])
+        return summaries, None
     # One stack for the whole series: a logdir holds tens of thousands of
     # these tensors, and per-tensor numpy calls would dominate. The summaries
     # are made when they are looked at (the analysis reads the table).
     table = np.stack(arrays).astype(np.float64, copy=False)
+    check_summaries(table, steps)
     return SummaryRows(table), table
+
+
+def check_histograms(values_list, steps=None):
+    """Raises ValueError unless every one is a TensorBoard `[k, 3]` histogram a writer
+    could produce: finite, non-negative counts (usually whole, but TensorBoard does not
+    require it); edges of any value (TensorBoard writes NaN or infinite edges for
+    weights that hold NaN or Inf: that is `diverged`, not damage)."""
+    for index, values in enumerate(values_list):
+        where = "step %d" % steps[index] if steps is not None else "row %d" % index
+        array = np.asarray(values)
+        if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "fiu":
+            raise ValueError("malformed histogram at %s: shape %s, dtype %s, expected [k, 3] numbers"
+                             % (where, array.shape, array.dtype))
+        array = array.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(array[:, 2]) & (array[:, 2] >= 0)).all():
+                raise ValueError("damaged histogram at %s: a bucket count is not a finite number >= 0" % where)
 
 
 class SummaryRows(collections.abc.Sequence):
