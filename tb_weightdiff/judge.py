@@ -16,6 +16,9 @@ and `analyze_series` applies it to series handed over in any other order.
 """
 
 import dataclasses
+import logging
+
+import numpy as np
 
 from tb_weightdiff import metadata
 from tb_weightdiff import reader
@@ -23,6 +26,8 @@ from tb_weightdiff import scores
 from tb_weightdiff import verdicts
 
 WEIGHT_PLUGINS = (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME)
+
+logger = logging.getLogger(__name__)
 
 
 class AnalysisError(ValueError):
@@ -74,9 +79,7 @@ def _in_step_order(series, warnings):
     return dataclasses.replace(series, steps=steps, summaries=summaries, table=None)
 
 
-def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer):
-    source = series_list[0].source if series_list else metadata.PLUGIN_NAME
-    series_list = [_in_step_order(series, warnings) for series in series_list]
+def _judge_run(run, source, series_list, thresholds, warnings, other_source_count, optimizer):
     variables = scores.build_variables(series_list, warnings)
     layers = scores.score_layers(variables, thresholds.settled_fraction)
     if optimizer:
@@ -85,8 +88,66 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
     return verdicts.run_json(run, source, layers, medians, warnings, other_source_count, optimizer, thresholds)
 
 
+# The samples TensorBoard keeps per series by default: its Rust data server
+# 100; its Python loader 10 for a plugin it does not know, 500 for histograms.
+_TENSORBOARD_SAMPLE_LIMITS = (10, 100, 500)
+
+
+def _downsampled(series_list):
+    """The series TensorBoard kept fewer steps of than were logged, as far as can be told:
+    as many steps as one of its sample limits, spread wider than that many at their closest gap."""
+    found = []
+    for series in series_list:
+        steps = np.asarray(series.steps, dtype=np.int64)
+        if steps.size not in _TENSORBOARD_SAMPLE_LIMITS:
+            continue
+        gap = np.min(np.diff(steps))
+        if gap > 0 and (steps[-1] - steps[0]) // gap + 1 > steps.size:
+            found.append(series)
+    return found
+
+
+def _downsampling_warning(series_list):
+    found = _downsampled(series_list)
+    if not found:
+        return None
+    return (
+        "TensorBoard kept %d steps of %d series here (e.g. %s), fewer than were logged: its "
+        "sample limit per series. The verdicts are of the steps it kept; start TensorBoard with "
+        "--samples_per_plugin tb_weightdiff=0,histograms=0 to judge every step "
+        "(tb-weightdiff report always reads them all)." % (len(found[0].steps), len(found), found[0].tag)
+    )
+
+
+def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer, sampled=False):
+    source = series_list[0].source if series_list else metadata.PLUGIN_NAME
+    series_list = [_in_step_order(series, warnings) for series in series_list]
+    if sampled:
+        note = _downsampling_warning(series_list)
+        if note:
+            warnings.insert(0, note)
+    try:
+        return _judge_run(run, source, series_list, thresholds, list(warnings), other_source_count, optimizer)
+    except Exception:  # pylint: disable=broad-except
+        # Data the reader's checks let through still broke the run: find the
+        # series that cannot be judged, one by one, and judge the run without
+        # them, exactly as if they were absent. The traceback goes to the log,
+        # so that a bug is seen, and the series to the run's warnings.
+        logger.exception("Judging run %s failed; judging its series one by one", run)
+    kept = []
+    for series in series_list:
+        try:
+            _judge_run(run, source, [series], thresholds, [], 0, None)
+        except Exception as error:  # pylint: disable=broad-except
+            warnings.append("%s: skipped, cannot be judged: %s: %s" % (series.tag, type(error).__name__, error))
+            continue
+        kept.append(series)
+    return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer)
+
+
 def analyze_series(
-    series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None
+    series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None,
+    sampled=False,
 ):
     """Scores and verdicts for series of one or more runs.
 
@@ -104,6 +165,8 @@ def analyze_series(
         the source a run is judged from); they are mentioned in its warnings.
       optimizers: optional `{run: reader.read_optimizer's entry}`: the
         optimizer's update count and learning rate a writer logged.
+      sampled: the series are what TensorBoard kept (the plugin), not every
+        logged step (the CLI): say so where it kept fewer than were logged.
 
     Returns:
       A list of run dicts (the JSON contract in the README), sorted by run.
@@ -136,7 +199,9 @@ def analyze_series(
             continue
         chosen = sorted(chosen, key=lambda s: s.tag)
         optimizer = optimizers.get(run) if chosen and chosen[0].source == metadata.PLUGIN_NAME else None
-        results.append(_analyze_run(run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer))
+        results.append(
+            _analyze_run(run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer, sampled)
+        )
     return results
 
 
@@ -163,6 +228,8 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     """
     thresholds = thresholds or verdicts.Thresholds()
     _check_source(source)
+    # The plugin reads what TensorBoard kept; the CLI's own data server keeps every step.
+    sampled = logdir.loader == "tensorboard"
     weight_listings = listings(logdir)
     if source != "auto":
         weight_listings = {source: weight_listings[source]}
@@ -201,7 +268,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
             results.extend(
                 analyze_series(
                     series, thresholds, source=source, skipped=kept, other_source_counts=other_counts,
-                    optimizers=optimizers,
+                    optimizers=optimizers, sampled=sampled,
                 )
             )
     if metadata.HISTOGRAM_PLUGIN_NAME in weight_listings:
@@ -217,7 +284,9 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                 batch_runs = {s.run for s in series} | {w[0] for w in warnings}
                 mine = [w for w in carried if w[0] in batch_runs]
                 carried = [w for w in carried if w[0] not in batch_runs]
-                results.extend(analyze_series(series, thresholds, source=source, skipped=mine + warnings))
+                results.extend(
+                    analyze_series(series, thresholds, source=source, skipped=mine + warnings, sampled=sampled)
+                )
             if carried:
                 results.extend(analyze_series([], thresholds, source=source, skipped=carried))
     results.sort(key=lambda entry: entry["run"])

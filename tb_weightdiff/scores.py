@@ -281,7 +281,9 @@ def _quantile_batches(prepared):
 
 def build_variables(series_list, warnings):
     """`Variable`s for the series of one run; unreadable series become warnings."""
-    unreadable = (ValueError, KeyError, TypeError, AttributeError)
+    # What malformed data raises here; anything else is a bug, and the judge's
+    # own isolation (`judge._analyze_run`) logs it.
+    unreadable = (ValueError, KeyError, TypeError, OverflowError, FloatingPointError)
     ours, histograms = [], []
     for series in series_list:
         try:
