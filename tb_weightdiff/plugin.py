@@ -38,6 +38,58 @@ _MAX_PARAMETER_LENGTH = 4096
 _FORMATS = {"json": "application/json", "csv": "text/csv"}
 
 
+class DataUnavailableError(errors.PublicError):
+    """TensorBoard's data server did not answer: 503, retry later."""
+
+    http_code = 503
+
+    def __init__(self, error):
+        code = getattr(error, "code", None)
+        name = getattr(code(), "name", None) if callable(code) else None
+        details = getattr(error, "details", None)
+        text = details() if callable(details) else str(error)
+        super().__init__(
+            "TensorBoard's data server did not answer (%s: %s); retry in a moment. "
+            "TensorBoard does not restart a data server that stopped: if this lasts, "
+            "restart TensorBoard." % (name or type(error).__name__, " ".join(str(text).split())[:200])
+        )
+        # The reader still tells an answer too large to send (RESOURCE_EXHAUSTED) by its code.
+        self.code = code
+
+
+class _GuardedProvider:
+    """TensorBoard's data provider, with its transport failures (gRPC) turned into
+    `DataUnavailableError`; everything else, our bugs included, passes through."""
+
+    def __init__(self, provider):
+        self._provider = provider
+
+    def __getattr__(self, name):
+        attribute = getattr(self._provider, name)
+        if not callable(attribute):
+            return attribute
+
+        def guarded(*args, **kwargs):
+            try:
+                return attribute(*args, **kwargs)
+            except errors.PublicError:
+                raise
+            except Exception as error:  # pylint: disable=broad-except
+                if _is_transport_failure(error):
+                    raise DataUnavailableError(error) from None
+                raise
+
+        return guarded
+
+
+def _is_transport_failure(error):
+    try:
+        import grpc  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return False
+    return isinstance(error, grpc.RpcError)
+
+
 # -- parsing ------------------------------------------------------------------
 
 
@@ -296,7 +348,7 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
     def _logdir(self, request):
         return reader.Logdir(
             # Each listing once per request: every one is a round trip to the data server.
-            provider=reader.ListingMemo(self._data_provider),
+            provider=reader.ListingMemo(_GuardedProvider(self._data_provider)),
             loader="tensorboard",
             experiment_id=plugin_util.experiment_id(request.environ),
             ctx=plugin_util.context(request.environ),

@@ -44,6 +44,18 @@ class LogdirError(ValueError):
     """The logdir cannot be read (missing, not a directory, no data server)."""
 
 
+class SeriesTooLargeError(ValueError):
+    """One series alone is larger than TensorBoard's data server can send in one answer."""
+
+    def __init__(self, run, tag):
+        super().__init__(
+            "skipped: too large to read through TensorBoard's data server (over its 256 MiB answer "
+            "limit); start TensorBoard with --samples_per_plugin tb_weightdiff=500,histograms=500 "
+            "(or fewer) to keep fewer of its steps"
+        )
+        self.run, self.tag = run, tag
+
+
 @dataclasses.dataclass
 class Logdir:
     """An open logdir: a data provider plus what its calls need."""
@@ -130,19 +142,68 @@ class Series:
     layer_type: str = None
 
 
-def _wait_for_rust_load(process, stderr_lines, timeout):
-    """Blocks until the data server logs the end of its one load cycle."""
+# What the data server logs (with --verbose) when its one load cycle ends; a
+# release that rewords it costs the stable-listing wait, not a hang.
+_LOADED_MARKER = "Finished load cycle"
+# Without that line, the load counts as done once the listing and the log
+# have not changed for this long.
+_QUIET_SECONDS = 2.0
+# As TensorBoard does, wait this long for the data server to write its port.
+START_TIMEOUT = 60
+
+
+def _exited(process, stderr_lines):
+    return LogdirError(
+        "TensorBoard's data server exited (%d): %s" % (process.returncode, " ".join(stderr_lines[-3:]).strip())
+    )
+
+
+def _wait_for_port(process, port_file, stderr_lines, timeout):
+    """The port the data server listens on, once it has written it (as TensorBoard waits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any("Finished load cycle" in line for line in stderr_lines):
+        if os.path.exists(port_file):
+            with open(port_file) as handle:
+                text = handle.read()
+            if text.endswith("\n") and text.strip().isdigit():
+                return int(text)
+        if process.poll() is not None:
+            raise _exited(process, stderr_lines)
+        time.sleep(0.02)
+    raise LogdirError("TensorBoard's data server did not start in %ds" % timeout)
+
+
+def _listing_state(provider):
+    runs = provider.list_runs(tb_context.RequestContext(), experiment_id="")
+    state = [tuple(sorted(run.run_name for run in runs))]
+    for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME):
+        listing = provider.list_tensors(tb_context.RequestContext(), experiment_id="", plugin_name=plugin_name)
+        state.append(tuple(sorted((run, tag, ts.max_step) for run, tags in listing.items() for tag, ts in tags.items())))
+    return tuple(state)
+
+
+def _wait_for_rust_load(process, provider, stderr_lines, timeout):
+    """Blocks until the data server has loaded the logdir once.
+
+    It says so in its log (`_LOADED_MARKER`); should it not (a release that
+    words it otherwise), the load counts as done once neither the listing nor
+    the log changed for `_QUIET_SECONDS`.
+    """
+    deadline = time.monotonic() + timeout
+    last_state, last_lines, quiet_since = None, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if any(_LOADED_MARKER in line for line in stderr_lines):
             return
         if process.poll() is not None:
-            raise LogdirError(
-                "TensorBoard's data server exited (%d): %s"
-                % (process.returncode, " ".join(stderr_lines[-3:]).strip())
-            )
-        time.sleep(0.02)
-    raise LogdirError("TensorBoard's data server did not finish loading in %ds" % timeout)
+            raise _exited(process, stderr_lines)
+        state = _listing_state(provider)
+        if state != last_state or len(stderr_lines) != last_lines:
+            last_state, last_lines, quiet_since = state, len(stderr_lines), time.monotonic()
+        elif time.monotonic() - quiet_since >= _QUIET_SECONDS:
+            logger.info("The data server logged no end of its load; its listing is stable, so it is loaded")
+            return
+        time.sleep(0.1)
+    raise LogdirError("TensorBoard's data server did not finish loading %s in %ds" % ("the logdir", timeout))
 
 
 @contextlib.contextmanager
@@ -187,15 +248,14 @@ def _open_rust(logdir, timeout):
         drainer = threading.Thread(target=drain, daemon=True)
         drainer.start()
         try:
-            _wait_for_rust_load(process, stderr_lines, timeout)
-            with open(port_file) as handle:
-                address = "localhost:%d" % int(handle.read())
+            address = "localhost:%d" % _wait_for_port(process, port_file, stderr_lines, min(timeout, START_TIMEOUT))
             credentials, options = grpc_util.ChannelCredsType.LOCAL.channel_config()
             # One read_tensors call carries a whole logdir; the default 4 MiB is small.
             options.append(("grpc.max_receive_message_length", 1 << 30))
             with grpc.secure_channel(address, credentials, options=options) as channel:
                 stub = grpc_provider.make_stub(channel)
                 provider = grpc_provider.GrpcDataProvider(address, stub)
+                _wait_for_rust_load(process, provider, stderr_lines, timeout)
                 # Loaded once (--reload=once): its listings never change.
                 yield Logdir(ListingMemo(provider), "rust")
         finally:
@@ -377,8 +437,12 @@ def _too_large(error):
         return False
 
 
-def _read(logdir, plugin_name, runs, tags):
-    """One `read_tensors` of `runs` x `tags`; an answer too large is read again in halves."""
+def _read(logdir, plugin_name, runs, tags, too_large):
+    """One `read_tensors` of `runs` x `tags`; an answer too large is read again in halves.
+
+    A single series too large to send is left out, its `(run, tag, message)`
+    appended to `too_large`.
+    """
     from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
 
     try:
@@ -390,8 +454,13 @@ def _read(logdir, plugin_name, runs, tags):
             run_tag_filter=provider_lib.RunTagFilter(runs=list(runs), tags=list(tags)),
         )
     except Exception as error:  # pylint: disable=broad-except
-        if not _too_large(error) or (len(runs) == 1 and len(tags) == 1):
+        if not _too_large(error):
             raise
+        if len(runs) == 1 and len(tags) == 1:
+            skipped = SeriesTooLargeError(runs[0], tags[0])
+            logger.warning("Skipping %s/%s: %s", runs[0], tags[0], skipped)
+            too_large.append((runs[0], tags[0], str(skipped)))
+            return {}
         logger.info("read of %d runs x %d tags too large; reading it in halves", len(runs), len(tags))
         if len(runs) > 1:
             halves = [(runs[: len(runs) // 2], tags), (runs[len(runs) // 2 :], tags)]
@@ -399,7 +468,7 @@ def _read(logdir, plugin_name, runs, tags):
             halves = [(runs, tags[: len(tags) // 2]), (runs, tags[len(tags) // 2 :])]
         result = {}
         for half_runs, half_tags in halves:
-            for run, series in _read(logdir, plugin_name, half_runs, half_tags).items():
+            for run, series in _read(logdir, plugin_name, half_runs, half_tags, too_large).items():
                 result.setdefault(run, {}).update(series)
         return result
 
@@ -441,11 +510,11 @@ def iter_read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=N
     reads = read_batches(listing, wanted, budget)
     index = 0
     while index < len(reads):
-        data = {}
+        data, too_large = {}, []
         batch_runs = reads[index][0]
         # A run split by tags: gather all its reads before decoding.
         while index < len(reads) and reads[index][0] == batch_runs:
-            for run, run_data in _read(logdir, plugin_name, *reads[index]).items():
+            for run, run_data in _read(logdir, plugin_name, *reads[index], too_large).items():
                 data.setdefault(run, {}).update(run_data)
             index += 1
             if len(batch_runs) > 1:
@@ -453,7 +522,7 @@ def iter_read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=N
         batch_warnings = [w for w in pending_warnings if w[0] in batch_runs]
         pending_warnings = [w for w in pending_warnings if w[0] not in batch_runs]
         series, decode_warnings = _decode_runs(plugin_name, data, wanted, layer_types)
-        yield series, batch_warnings + decode_warnings
+        yield series, batch_warnings + too_large + decode_warnings
     if pending_warnings:  # runs with nothing readable
         yield [], pending_warnings
 
@@ -470,13 +539,15 @@ def _decode_runs(plugin_name, data, wanted, layer_types):
                 [int(datum.step) for datum in data_list], [datum.numpy for datum in data_list]
             )
             table = None
-            if plugin_name == metadata.PLUGIN_NAME:
-                try:
-                    values, table = metadata.decode_series(values)
-                except ValueError as error:
-                    warnings.append((run, tag, "skipped: %s" % error))
-                    logger.warning("Skipping %s/%s: %s", run, tag, error)
-                    continue
+            try:
+                if plugin_name == metadata.PLUGIN_NAME:
+                    values, table = metadata.decode_series(values, steps)
+                else:
+                    metadata.check_histograms(values, steps)
+            except ValueError as error:
+                warnings.append((run, tag, "skipped: %s" % error))
+                logger.warning("Skipping %s/%s: %s", run, tag, error)
+                continue
             if restarts:
                 restarted.setdefault(run, []).append((tag, restarts))
             series.append(Series(run, tag, plugin_name, steps, values, table, layer_types.get((run, tag))))

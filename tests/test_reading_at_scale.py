@@ -22,14 +22,18 @@ PREFIX = "/data/plugin/tb_weightdiff"
 class SpyProvider:
     """Passes calls through to a provider, recording each `read_tensors`."""
 
-    def __init__(self, provider, fail_above=None):
+    def __init__(self, provider, fail_above=None, too_large_tags=()):
         self._provider = provider
         self.reads = []
         self.fail_above = fail_above
+        self.too_large_tags = set(too_large_tags)
 
     def read_tensors(self, ctx, *, experiment_id, plugin_name, downsample=None, run_tag_filter=None):
         self.reads.append((plugin_name, tuple(sorted(run_tag_filter.runs)), tuple(sorted(run_tag_filter.tags))))
-        if self.fail_above is not None and len(run_tag_filter.runs) * len(run_tag_filter.tags) > self.fail_above:
+        size = len(run_tag_filter.runs) * len(run_tag_filter.tags)
+        if self.fail_above is not None and size > self.fail_above:
+            raise TooLarge()
+        if self.too_large_tags & set(run_tag_filter.tags):
             raise TooLarge()
         return self._provider.read_tensors(
             ctx, experiment_id=experiment_id, plugin_name=plugin_name,
@@ -91,9 +95,15 @@ def test_an_answer_too_large_is_read_again_in_halves(tmp_path):
         series, _ = reader.read_series(reader.Logdir(spy, opened.loader))
         assert _flatten(series) == _flatten(whole)
         assert len(spy.reads) > 8
-        spy = SpyProvider(opened.provider, fail_above=0)  # even one tensor series: the error stands
-        with pytest.raises(TooLarge):
-            reader.read_series(reader.Logdir(spy, opened.loader))
+        # A single series too large to send: left out with a warning that names
+        # it and says what to do; the others are read.
+        spy = SpyProvider(opened.provider, fail_above=1, too_large_tags={"model/dense/kernel"})
+        series, warnings = reader.read_series(reader.Logdir(spy, opened.loader))
+        assert {s.tag for s in series} == {s.tag for s in whole} - {"model/dense/kernel"}
+        assert {(run, tag) for run, tag, _ in warnings} == {
+            (run, "model/dense/kernel") for run in {s.run for s in whole if s.tag == "model/dense/kernel"}
+        }
+        assert all("too large" in message and "--samples_per_plugin" in message for _, _, message in warnings)
 
 
 def test_a_run_with_both_sources_is_read_once(tmp_path, loader):
@@ -115,3 +125,28 @@ def test_a_run_with_both_sources_is_read_once(tmp_path, loader):
     assert histogram_reads and all("planted" not in read[1] for read in histogram_reads)
 
 
+
+
+def test_the_data_server_is_waited_for_even_if_it_words_its_log_otherwise(tmp_path, monkeypatch):
+    """The CLI waits for the data server as TensorBoard does (its port file), then for its
+    load: its log line, or, should a release reword it, a listing that stopped changing."""
+    _several_runs(tmp_path, 2)
+    with reader.open_logdir(str(tmp_path), loader="rust") as opened:
+        expected, _ = reader.read_series(opened)
+    monkeypatch.setattr(reader, "_LOADED_MARKER", "a line no data server writes")
+    monkeypatch.setattr(reader, "_QUIET_SECONDS", 0.5)
+    with reader.open_logdir(str(tmp_path), loader="rust", timeout=60) as opened:
+        series, _ = reader.read_series(opened)
+    assert _flatten(series) == _flatten(expected)
+
+
+def test_a_data_server_that_never_starts_is_a_clear_error(tmp_path, monkeypatch):
+    from tensorboard.data import server_ingester
+
+    class _Binary:
+        path = "/bin/sleep"  # takes none of the flags: exits at once
+
+    monkeypatch.setattr(server_ingester, "get_server_binary", lambda: _Binary())
+    with pytest.raises(reader.LogdirError, match="data server exited"):
+        with reader.open_logdir(str(tmp_path), loader="rust", timeout=5):
+            pass

@@ -160,3 +160,57 @@ def test_non_finite_weights_mid_training_are_diverged_at_their_step(tmp_path, lo
     counts = {np.nan: "nan_count", np.inf: "posinf_count", -np.inf: "neginf_count"}
     key = [name for value, name in counts.items() if value is bad or value == bad][0]
     assert stats[key] == [0, 0, 0, 0, 1, 1]
+
+
+class _FailingProvider:
+    """A data provider whose data server stopped answering (what gRPC raises then)."""
+
+    def __init__(self, provider):
+        self._provider = provider
+        self.failing = True
+
+    def __getattr__(self, name):
+        attribute = getattr(self._provider, name)
+        if not callable(attribute) or name not in ("list_tensors", "read_tensors", "list_runs", "list_scalars"):
+            return attribute
+
+        def call(*args, **kwargs):
+            if self.failing:
+                import grpc
+
+                class Unavailable(grpc.RpcError):
+                    def code(self):
+                        return grpc.StatusCode.UNAVAILABLE
+
+                    def details(self):
+                        return "failed to connect to all addresses; last error: connection refused"
+
+                raise Unavailable()
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_a_data_server_failure_is_a_503_with_a_message_then_answers_again(tmp_path):
+    from tensorboard.backend import application
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    from tb_weightdiff import reader
+
+    write_planted_logdir(tmp_path)
+    with reader.open_logdir(str(tmp_path), loader="rust") as opened:
+        provider = _FailingProvider(opened.provider)
+        context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
+        client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
+        for route in ("/verdicts", "/runs", "/variable?run=planted&tag=model/dense/kernel",
+                      "/compare?run=planted&tag=model/dense/kernel&a=0&b=5"):
+            response = client.get(PREFIX + route)
+            assert response.status_code == 503, route
+            text = response.get_data(as_text=True)
+            assert response.headers["Content-Type"].startswith("text/plain")
+            assert "data server did not answer (UNAVAILABLE" in text and "retry" in text
+            assert "Traceback" not in text and text.count("\n") <= 1
+        provider.failing = False
+        assert client.get(PREFIX + "/verdicts").status_code == 200
