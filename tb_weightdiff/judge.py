@@ -145,9 +145,27 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
     return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer)
 
 
+def _histograms_only(our_tags, histogram_tags):
+    """The plain histogram tags that name a tensor none of `our_tags` names (by `scores.split_tag`)."""
+    ours = {scores.split_tag(tag) for tag in our_tags}
+    return sorted(tag for tag in histogram_tags if scores.split_tag(tag) not in ours)
+
+
+def _histograms_only_warning(tags):
+    return (
+        "%d weight tensor%s of this run %s only plain histograms (e.g. %s) and %s not judged: the "
+        "run is judged from its tb_weightdiff summaries. If they were logged with "
+        "add_histogram(name, ...) beside WeightDiffLogger, both writers used the same tags, and in "
+        "one run a tag keeps the events of one plugin only: give the histograms' tags a suffix "
+        "(name + '/histogram'), or judge the run from them with tb-weightdiff report --source histograms."
+        % (len(tags), "" if len(tags) == 1 else "s", "has" if len(tags) == 1 else "have", tags[0],
+           "is" if len(tags) == 1 else "are")
+    )
+
+
 def analyze_series(
     series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None,
-    sampled=False,
+    sampled=False, histograms_only=None,
 ):
     """Scores and verdicts for series of one or more runs.
 
@@ -167,6 +185,10 @@ def analyze_series(
         optimizer's update count and learning rate a writer logged.
       sampled: the series are what TensorBoard kept (the plugin), not every
         logged step (the CLI): say so where it kept fewer than were logged.
+      histograms_only: optional `{run: [tags]}` of plain histogram series
+        that were not read and name tensors the run's summaries do not
+        (`analyze_logdir` finds them in the listings); a run judged from its
+        summaries says that they were left out, and why that usually happens.
 
     Returns:
       A list of run dicts (the JSON contract in the README), sorted by run.
@@ -195,6 +217,12 @@ def analyze_series(
             chosen = ours
             if source == "auto":
                 other_count = len(histograms) + other_source_counts.get(run, 0)
+                left_out = sorted(
+                    set(_histograms_only([s.tag for s in ours], [s.tag for s in histograms]))
+                    | set((histograms_only or {}).get(run, ()))
+                )
+                if ours and left_out:
+                    extra.setdefault(run, []).insert(0, _histograms_only_warning(left_out))
         if not chosen and run not in extra:
             continue
         chosen = sorted(chosen, key=lambda s: s.tag)
@@ -255,6 +283,11 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
         run for run in wanted_runs if judged_source(weight_listings, run) == metadata.PLUGIN_NAME
     }
     other_counts = {run: len(histogram_listing[run]) for run in ours_runs if histogram_listing.get(run)}
+    ours_listing = weight_listings.get(metadata.PLUGIN_NAME, {})
+    histograms_only = {
+        run: _histograms_only(ours_listing.get(run, {}), histogram_listing[run])
+        for run in ours_runs if histogram_listing.get(run)
+    }
     results = []
     fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
     if ours_runs:
@@ -268,7 +301,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
             results.extend(
                 analyze_series(
                     series, thresholds, source=source, skipped=kept, other_source_counts=other_counts,
-                    optimizers=optimizers, sampled=sampled,
+                    optimizers=optimizers, sampled=sampled, histograms_only=histograms_only,
                 )
             )
     if metadata.HISTOGRAM_PLUGIN_NAME in weight_listings:

@@ -604,7 +604,7 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0, optim
     if other_source_count:
         run_warnings.append(
             "Also holds %d plain histogram series (plugin 'histograms', e.g. from "
-            "keras.callbacks.TensorBoard); judged from the tb_weightdiff summaries, "
+            "keras.callbacks.TensorBoard or add_histogram); judged from the tb_weightdiff summaries, "
             "which are exact." % other_source_count
         )
     if source == metadata.PLUGIN_NAME and baseline_step not in (None, 0):

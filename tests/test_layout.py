@@ -18,8 +18,8 @@ LAYERS = [
     {"verdicts"},
     {"judge"},
     {"cache"},
-    {"plugin", "cli", "keras"},
-    {"loader"},
+    {"plugin", "cli", "keras", "torch"},
+    {"loader", "lightning"},
 ]
 LAYER_OF = {name: index for index, layer in enumerate(LAYERS) for name in layer}
 

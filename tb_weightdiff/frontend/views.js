@@ -109,7 +109,7 @@ export function runSection(run, view, on) {
   const counts = view.verdicts.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${verdictLabel(v)}`);
   const section = el('section', {class: 'run', dataset: {run: run.run}}, [
     el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
-      el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'WeightDiffCallback summaries' : 'plain histograms'})]),
+      el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'tb_weightdiff summaries' : 'plain histograms'})]),
     el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`}),
     (run.findings || []).length ? el('ul', {class: 'findings'}, run.findings.map((finding) => el('li', {text: finding.message, dataset: {kind: finding.kind}}))) : null,
     run.warnings.length ? el('ul', {class: 'warnings'}, run.warnings.map((warning) => el('li', {text: warning}))) : null,
