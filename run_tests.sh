@@ -5,7 +5,8 @@
 # every test; then install the same wheel into a second environment WITHOUT
 # TensorFlow (where TensorBoard often runs) and run the suite again there:
 # the plugin, weights_pb and the CLI must work; TensorFlow-only tests skip.
-# The first environment also has PyTorch (CPU), for the corpus's PyTorch recipes.
+# The first environment also has PyTorch (CPU), Lightning, tensorboardX and JAX: the corpus's
+# PyTorch recipes, the PyTorch logger and Lightning callback, Keras on its three backends.
 #
 #   bash run_tests.sh              # everything
 #   bash run_tests.sh -k summary   # extra arguments go to both pytest runs
@@ -35,7 +36,9 @@ rm -rf .venv-test .venv-notf dist-test
 WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
 # PyTorch's CPU build, pinned: a plain `torch` from PyPI is a CUDA build of several GB.
 .venv-test/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0+cpu}"
-.venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,test]"
+# Lightning, tensorboardX and JAX (CPU): the Lightning callback, a tensorboardX writer, and the
+# Keras callback under KERAS_BACKEND=jax (tests/test_keras_backends.py runs all three backends).
+.venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,lightning,test]" tensorboardX "jax==${JAX_VERSION:-0.10.2}"
 
 echo "== tests with TensorFlow (installed wheel: $WHEEL) =="
 TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider "$@"

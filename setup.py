@@ -31,6 +31,8 @@ setuptools.setup(
         # For weights_pb from PyTorch code and the corpus's PyTorch recipes; pin a CPU
         # build first where a plain `torch` would pull a CUDA one.
         "torch": ["torch>=2.1"],
+        # tb_weightdiff.lightning: the Lightning callback.
+        "lightning": ["torch>=2.1", "lightning>=2.2"],
         "test": [
             "pytest",
             "pytest-timeout",

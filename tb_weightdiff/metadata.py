@@ -352,8 +352,17 @@ def check_histograms(values_list, steps=None):
         where = "step %d" % steps[index] if steps is not None else "row %d" % index
         array = np.asarray(values)
         if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "fiu":
-            raise ValueError("malformed histogram at %s: shape %s, dtype %s, expected [k, 3] numbers"
-                             % (where, array.shape, array.dtype))
+            message = "malformed histogram at %s: shape %s, dtype %s, expected [k, 3] numbers" % (
+                where, array.shape, array.dtype)
+            if array.ndim == 1 and array.dtype.kind == "f" and array.size >= len(STAT_FIELDS):
+                # A rank-1 tensor in the histograms' series: our own summary under a tag that
+                # add_histogram took first (both loaders keep one plugin per tag and run).
+                message += (
+                    " (it looks like a tb_weightdiff summary: add_histogram and WeightDiffLogger "
+                    "wrote the same tag into one run; give add_histogram's tags a suffix, "
+                    "name + '/histogram')"
+                )
+            raise ValueError(message)
         array = array.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):
             if not (np.isfinite(array[:, 2]) & (array[:, 2] >= 0)).all():

@@ -316,6 +316,12 @@ def _rescale_limit(variable, thresholds):
     return thresholds.max_histogram_rescale_residual
 
 
+# torch's add_histogram buckets are fixed and 10 % of a value wide: a rescaling
+# by (1 - e) moves each value by e |x|, a shift of about 0.8 e in units of the
+# spread, so below ~0.1 a rescaling can hide inside the buckets.
+_SUB_BUCKET_SHIFT = 0.1
+
+
 def _ambiguous_rescaling(variable, thresholds):
     """What plain distributions cannot say of a tensor that shrank, in words (or None).
 
@@ -323,7 +329,16 @@ def _ambiguous_rescaling(variable, thresholds):
     be weight decay alone or learning that kept a Gaussian shape; and
     fixed bucket edges cannot resolve a rescaling smaller than a bucket.
     """
-    if variable.movement_kind != SHIFT or variable.rescale is None or not variable.rescale < 1:
+    if variable.movement_kind != SHIFT:
+        return None
+    if variable.fixed_edges and variable.movement < _SUB_BUCKET_SHIFT and not (variable.rescale or 0) < 1:
+        # A shrink of a few per cent stays inside torch's 10 %-wide buckets:
+        # the fitted rescaling is then noise, and can even come out above 1.
+        return (
+            "it moved by %.2g, less than one of its fixed buckets is wide, and fixed bucket edges "
+            "cannot resolve a rescaling from learning" % variable.movement
+        )
+    if variable.rescale is None or not variable.rescale < 1:
         return None
     residual = variable.rescale_residual
     if residual is not None and residual < thresholds.max_rescale_residual:

@@ -1,0 +1,129 @@
+"""`WeightDiffCallback` for PyTorch Lightning: the PyTorch logger, driven by the trainer.
+
+Importing this module imports Lightning (`lightning.pytorch`, or the older
+`pytorch_lightning` package where only that one is installed); where neither
+is installed the import raises `ModuleNotFoundError` naming the install
+command. The plugin side never imports it. What it owns is the Lightning
+side only (when to log, where, on which rank); the tensors, tags, reference
+and optimizer state are `tb_weightdiff.torch.WeightDiffLogger`'s.
+
+Example:
+
+```python
+import lightning as L
+from tb_weightdiff.lightning import WeightDiffCallback
+
+trainer = L.Trainer(max_epochs=10, callbacks=[WeightDiffCallback()])
+trainer.fit(model, train_loader)
+# then: tensorboard --logdir lightning_logs  (open the "Weight Diff" tab)
+```
+"""
+
+import os
+
+from tb_weightdiff import torch as torch_logger
+
+try:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.loggers import TensorBoardLogger
+except ImportError:
+    try:
+        from pytorch_lightning import Callback
+        from pytorch_lightning.loggers import TensorBoardLogger
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            "tb_weightdiff.lightning.WeightDiffCallback needs PyTorch Lightning, which is not "
+            "installed. Please install it with `pip install lightning` (or "
+            "`pip install 'tb-weightdiff[lightning]'`).",
+            name="lightning",
+        ) from error
+
+__all__ = ["WeightDiffCallback"]
+
+
+class WeightDiffCallback(Callback):
+    """Logs every parameter of the `LightningModule` before training and every `every_n_epochs` epochs.
+
+    Step 0 holds the weights before training (logged when `fit` starts),
+    step `n` the weights after `n` epochs; the last epoch is always logged.
+    The events join the run of the trainer's `TensorBoardLogger` (its
+    `log_dir`, beside Lightning's own scalars), or go to `log_dir` when
+    given. Only the global rank 0 writes. What is recorded for each tensor,
+    and what it costs, is `tb_weightdiff.torch.WeightDiffLogger`'s; the
+    trainer's first optimizer gives the update count and the learning rate.
+
+    A second `fit` with the same callback starts a new history: a new step 0
+    and a new reference (call it with another `log_dir`, or let Lightning's
+    logger give the new fit a new version directory).
+
+    Args:
+      log_dir: where to write; default the `log_dir` of the trainer's first
+        `TensorBoardLogger`. Required when the trainer has none.
+      every_n_epochs: log every this many epochs (>= 1).
+      reference, buffers, buckets: as in `WeightDiffLogger`.
+
+    Raises (when `fit` starts):
+      ValueError: no `log_dir` and no `TensorBoardLogger` in the trainer.
+      tb_weightdiff.torch.ShardedParametersError: the strategy shards the
+        parameters (FSDP): no rank holds whole tensors.
+    """
+
+    def __init__(self, log_dir=None, every_n_epochs=1, reference=True, buffers=False, buckets=None):
+        super().__init__()
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError("every_n_epochs must be an int >= 1, got %r" % (every_n_epochs,))
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.every_n_epochs = every_n_epochs
+        self.reference = reference
+        self.buffers = buffers
+        self.buckets = buckets
+        self.logger = None
+
+    def _directory(self, trainer):
+        if self.log_dir is not None:
+            return self.log_dir
+        for found in getattr(trainer, "loggers", None) or []:
+            if isinstance(found, TensorBoardLogger):
+                return found.log_dir
+        raise ValueError(
+            "WeightDiffCallback found no TensorBoardLogger in the trainer (its loggers: %s); "
+            "pass WeightDiffCallback(log_dir=...) to say where the weights go"
+            % (", ".join(type(l).__name__ for l in getattr(trainer, "loggers", None) or []) or "none")
+        )
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        if not trainer.is_global_zero:
+            return
+        optimizers = getattr(trainer, "optimizers", None) or []
+        self.logger = torch_logger.WeightDiffLogger(
+            self._directory(trainer),
+            pl_module,
+            reference=self.reference,
+            buffers=self.buffers,
+            optimizer=optimizers[0] if optimizers else None,
+            buckets=self.buckets,
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        epoch = trainer.current_epoch + 1
+        if self.logger is not None and epoch % self.every_n_epochs == 0:
+            self.logger.log(epoch)
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.logger is None:
+            return
+        # The final weights, when the last epoch was not one of every_n_epochs
+        # (or training stopped early).
+        epochs = trainer.current_epoch
+        if self.logger.last_step != epochs and epochs > 0:
+            self.logger.log(epochs)
+        self.logger.close()
+        self.logger = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
