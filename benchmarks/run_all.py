@@ -14,6 +14,7 @@
 | 4 | bench_render.py | the tab drawn in headless Chromium | (TensorBoard's own page, for scale) |
 | 5 | bench_memory.py | the callback's host memory; TensorBoard's peak RSS | the trainable parameters; TensorBoard serving the Histograms route |
 | 6 | bench_cli.py | `tb-weightdiff report` wall time and peak memory | (loading and listing the logdir) |
+| 7 | bench_torch_write.py | `WeightDiffLogger.log` (PyTorch) | the `add_histogram` loop over every parameter |
 
 Each script runs in its own process (TensorFlow, TensorBoard and Chromium
 come and go with it) and can be run alone. Benchmarks that need TensorFlow,
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "4": "bench_render.py",
     "5": "bench_memory.py",
     "6": "bench_cli.py",
+    "7": "bench_torch_write.py",
 }
 
 

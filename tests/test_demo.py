@@ -55,3 +55,29 @@ def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
     table = printed[printed.index("== verdicts"):printed.index("Now run:")]
     assert "frozen_conv2d_1/train" in table and "healthy/train" in table
     assert "sequential/conv2d_1" in table and "frozen" in table
+
+
+TORCH_DEMO = os.path.join(os.path.dirname(DEMO), "train_cifar10_torch.py")
+
+
+@pytest.mark.slow
+def test_the_pytorch_demo_writes_the_same_two_runs(tmp_path):
+    pytest.importorskip("torch")
+    logdir = tmp_path / "cifar10_torch"
+    result = subprocess.run(
+        [sys.executable, TORCH_DEMO, "--synthetic", "--samples", "600", "--epochs", "2", "--logdir", str(logdir)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with reader.open_logdir(str(logdir), loader="rust") as opened:
+        judged = judge.analyze_logdir(opened)
+    runs = {run["run"]: run for run in judged["runs"]}
+    verdicts = {name: {layer["name"]: layer["verdict"] for layer in run["layers"]} for name, run in runs.items()}
+    assert verdicts["frozen_conv2d_1"] == {
+        "conv2d": "learning", "conv2d_1": "frozen", "dense": "learning", "dense_1": "learning",
+    }
+    assert set(verdicts["healthy"].values()) == {"learning"}
+    assert all(run["steps"] == [0, 1, 2] and run["source"] == metadata.PLUGIN_NAME for run in runs.values())
+    printed = result.stdout
+    table = printed[printed.index("== verdicts"):printed.index("Now run:")]
+    assert "frozen_conv2d_1" in table and "conv2d_1" in table
