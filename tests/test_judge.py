@@ -1,6 +1,5 @@
 """tb_weightdiff.judge: which source each run is judged from, reading, restarts, both loaders."""
 
-import time
 
 import numpy as np
 import pytest
@@ -130,7 +129,7 @@ def test_analyze_logdir_with_both_loaders(tmp_path, rng, loader):
     assert verdicts.verdicts_of(result) == {"learning"}
 
 
-# -- speed -----------------------------------------------------------------------
+# -- the plugin's target size (its speed is benchmark 3's, not a test's) ------------
 
 
 def _synthetic_series(rng, source, runs=5, tensors=40, steps=100, buckets=30):
@@ -156,15 +155,11 @@ def _synthetic_series(rng, source, runs=5, tensors=40, steps=100, buckets=30):
 
 
 @pytest.mark.parametrize("source", [metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME])
-def test_plugin_sized_analysis_is_fast(rng, source):
-    # The plugin's target: 5 runs x 40 tensors x 100 steps in well under a second
-    # (measured ~0.2 s ours, ~0.35 s histograms on 2 cores); the bound leaves CI room.
-    series = _synthetic_series(rng, source)
-    start = time.perf_counter()
-    runs = judge.analyze_series(series)
-    elapsed = time.perf_counter() - start
-    assert len(runs) == 5
-    assert elapsed < 3.0, elapsed
+def test_plugin_sized_analysis_judges_every_series(rng, source):
+    runs = judge.analyze_series(_synthetic_series(rng, source))
+    assert [run["run"] for run in runs] == ["run_%d" % index for index in range(5)]
+    assert all(len(run["layers"]) == 20 and run["source"] == source for run in runs)
+    assert all(len(run["steps"]) == 100 for run in runs)
 
 
 def test_a_restarted_series_follows_the_readers_rule(rng):
