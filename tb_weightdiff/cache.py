@@ -24,21 +24,29 @@ import threading
 from tb_weightdiff import judge
 
 
-def run_version(weight_listings, run):
-    """What TensorBoard holds for one run, in brief: each weight series' tag,
-    last step and last wall time. Equal versions mean equal verdicts."""
-    return tuple(
+def run_version(weight_listings, run, reset_listing=None):
+    """What TensorBoard holds for one run, in brief: each weight series' (and
+    reset check's) tag, last step and last wall time. Equal versions mean equal verdicts."""
+    version = tuple(
         (plugin_name, tag, series.max_step, series.max_wall_time)
         for plugin_name in sorted(weight_listings)
         for tag, series in sorted(weight_listings[plugin_name].get(run, {}).items())
     )
+    resets = tuple(
+        ("reset", tag, series.max_step, series.max_wall_time)
+        for tag, series in sorted((reset_listing or {}).get(run, {}).items())
+    )
+    return version + resets
 
 
 def data_version(logdir):
     """What TensorBoard holds, in brief: every weight series' run, tag, last step
     and last wall time, and the runs it lists. Equal versions mean equal answers."""
     weight_listings = judge.listings(logdir)
-    version = [(run,) + run_version(weight_listings, run) for run in judge.runs_with_weights(weight_listings)]
+    resets = judge.reset_listing(logdir)
+    version = [
+        (run,) + run_version(weight_listings, run, resets) for run in judge.runs_with_weights(weight_listings)
+    ]
     version.append(tuple(judge.listed_runs(logdir)))
     return tuple(version)
 
@@ -122,7 +130,8 @@ class RunVerdicts:
           judge.UnknownRunError: a run has no weight data.
         """
         weight_listings = judge.listings(logdir)
-        versions = {run: run_version(weight_listings, run) for run in runs}
+        resets = judge.reset_listing(logdir)
+        versions = {run: run_version(weight_listings, run, resets) for run in runs}
         found, missing = {}, []
         for run in runs:
             hit = self._cache.peek(self._key(logdir, run, thresholds), versions[run])

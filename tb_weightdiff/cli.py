@@ -192,16 +192,26 @@ def _format_table(result):
             out.write("  finding: %s\n" % _printable(finding["message"]))
         for warning in run["warnings"]:
             out.write("  warning: %s\n" % _printable(warning))
-        rows = [_HEADER]
+        check = run.get("reset_check")
+        if check:
+            out.write(
+                "  reset check at step %d: loss %s as trained, %s with every layer reset (before training); "
+                "%d batches, %d examples; RESET: loss increase with the layer reset, and the share of what "
+                "training gained that it undoes\n"
+                % (check["step"], _number(check["loss"]), _number(check["loss_initial"]), check["batches"],
+                   check["examples"])
+            )
+        header = _HEADER + (["RESET"] if check else [])
+        rows = [header]
         for layer in run["layers"]:
-            rows.append(_row(layer, _printable(layer["name"])))
+            rows.append(_row(layer, _printable(layer["name"])) + ([_reset_cell(layer.get("reset"))] if check else []))
             if len(layer["variables"]) > 1 or layer["variables"][0]["name"] != layer["name"]:
                 for variable in layer["variables"]:
-                    rows.append(_row(variable, "  " + _printable(variable["name"])))
+                    rows.append(_row(variable, "  " + _printable(variable["name"])) + ([""] if check else []))
         if len(rows) == 1:
             out.write("  (no weight series)\n")
             continue
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
             cells = [cell.ljust(width) for cell, width in zip(row, widths)]
             out.write("  " + "  ".join(cells).rstrip() + "\n")
@@ -212,7 +222,19 @@ def _format_table(result):
         for layer in run["layers"]:
             if layer.get("hint"):
                 out.write("  hint for %s (%s): %s\n" % (_printable(layer["name"]), layer["verdict"], layer["hint"]))
+            if layer.get("reset_note"):
+                out.write("  reset of %s (%s, %s): %s\n" % (
+                    _printable(layer["name"]), layer["verdict"], layer["reset"]["impact"], layer["reset_note"]))
     return out.getvalue()
+
+
+def _reset_cell(reset):
+    if not reset:
+        return "-"
+    undone = reset.get("undone")
+    share = "" if undone is None else " (%.0f%%%s)" % (100 * undone, ", " + reset["impact"] if reset["impact"] else "")
+    return "+%s%s" % (_number(reset["increase"]), share) if (reset["increase"] or 0) >= 0 else _number(
+        reset["increase"]) + share
 
 
 # -- the command ----------------------------------------------------------------

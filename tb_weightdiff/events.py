@@ -24,7 +24,7 @@ from tensorboard.util import tensor_util
 from tb_weightdiff import metadata
 from tb_weightdiff import summary as summary_lib
 
-__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_weights"]
+__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_reset", "write_weights"]
 
 # TensorBoard's own scalar metadata: the optimizer's state shows in the Scalars tab too.
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
@@ -96,3 +96,28 @@ def write_optimizer(writer, step, updates=None, learning_rate=None):
         )
     if summary.value:
         writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
+
+
+def write_reset(writer, name, tags, step, fields, metrics=None):
+    """Adds one event holding a reset check of layer (or block) `name` at `step`.
+
+    Args:
+      writer: as in `write_weights`.
+      name: the layer or block; the tag is `metadata.RESET_TAG_PREFIX + name`.
+      tags: the weight tags it reset.
+      step: the event's step (int), the step of the weights it checked.
+      fields: `{field: float}` for every name in `metadata.RESET_FIELDS`.
+      metrics: optional `{metric: (as trained, layer reset, all reset)}`.
+    """
+    metrics = metrics or {}
+    names = sorted(metrics)
+    tensor = metadata.encode_reset(
+        [fields[field] for field in metadata.RESET_FIELDS], [metrics[metric] for metric in names]
+    )
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=metadata.RESET_TAG_PREFIX + name,
+        metadata=metadata.create_reset_metadata(name, tags, names),
+        tensor=tensor_util.make_tensor_proto(tensor, dtype=np.float64),
+    )
+    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))

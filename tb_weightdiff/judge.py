@@ -47,6 +47,11 @@ def listings(logdir):
     return {plugin_name: reader.list_tensors(logdir, plugin_name) for plugin_name in WEIGHT_PLUGINS}
 
 
+def reset_listing(logdir):
+    """`{run: {tag: TensorTimeSeries}}` of the reset checks (`tb_weightdiff.reset`)."""
+    return reader.list_resets(logdir)
+
+
 def listed_runs(logdir):
     """Every run TensorBoard lists, weight data or not."""
     return sorted(run.run_name for run in logdir.provider.list_runs(logdir.ctx, experiment_id=logdir.experiment_id))
@@ -79,13 +84,15 @@ def _in_step_order(series, warnings):
     return dataclasses.replace(series, steps=steps, summaries=summaries, table=None)
 
 
-def _judge_run(run, source, series_list, thresholds, warnings, other_source_count, optimizer):
+def _judge_run(run, source, series_list, thresholds, warnings, other_source_count, optimizer, resets=None):
     variables = scores.build_variables(series_list, warnings)
     layers = scores.score_layers(variables, thresholds.settled_fraction)
     if optimizer:
         scores.attach_updates(variables, optimizer["steps"], optimizer["updates"])
     medians = verdicts.judge(layers, thresholds)
-    return verdicts.run_json(run, source, layers, medians, warnings, other_source_count, optimizer, thresholds)
+    return verdicts.run_json(
+        run, source, layers, medians, warnings, other_source_count, optimizer, thresholds, resets=resets
+    )
 
 
 # The samples TensorBoard keeps per series by default: its Rust data server
@@ -119,7 +126,7 @@ def _downsampling_warning(series_list):
     )
 
 
-def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer, sampled=False):
+def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer, sampled=False, resets=None):
     source = series_list[0].source if series_list else metadata.PLUGIN_NAME
     series_list = [_in_step_order(series, warnings) for series in series_list]
     if sampled:
@@ -127,7 +134,7 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
         if note:
             warnings.insert(0, note)
     try:
-        return _judge_run(run, source, series_list, thresholds, list(warnings), other_source_count, optimizer)
+        return _judge_run(run, source, series_list, thresholds, list(warnings), other_source_count, optimizer, resets)
     except Exception:  # pylint: disable=broad-except
         # Data the reader's checks let through still broke the run: find the
         # series that cannot be judged, one by one, and judge the run without
@@ -142,7 +149,7 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
             warnings.append("%s: skipped, cannot be judged: %s: %s" % (series.tag, type(error).__name__, error))
             continue
         kept.append(series)
-    return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer)
+    return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer, resets)
 
 
 def _histograms_only(our_tags, histogram_tags):
@@ -165,7 +172,7 @@ def _histograms_only_warning(tags):
 
 def analyze_series(
     series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None,
-    sampled=False, histograms_only=None,
+    sampled=False, histograms_only=None, resets=None,
 ):
     """Scores and verdicts for series of one or more runs.
 
@@ -228,7 +235,10 @@ def analyze_series(
         chosen = sorted(chosen, key=lambda s: s.tag)
         optimizer = optimizers.get(run) if chosen and chosen[0].source == metadata.PLUGIN_NAME else None
         results.append(
-            _analyze_run(run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer, sampled)
+            _analyze_run(
+                run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer, sampled,
+                (resets or {}).get(run),
+            )
         )
     return results
 
@@ -288,6 +298,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
         run: _histograms_only(ours_listing.get(run, {}), histogram_listing[run])
         for run in ours_runs if histogram_listing.get(run)
     }
+    resets, reset_warnings = reader.read_resets(logdir, wanted_runs)
     results = []
     fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
     if ours_runs:
@@ -298,10 +309,12 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                 if source == "auto" and run not in read_runs and histogram_listing.get(run):
                     fallback.setdefault(run, []).append((run, tag, message))
             kept = [w for w in warnings if w[0] not in fallback]
+            batch_runs = read_runs | {w[0] for w in warnings}
+            kept += [w for w in reset_warnings if w[0] in batch_runs]
             results.extend(
                 analyze_series(
                     series, thresholds, source=source, skipped=kept, other_source_counts=other_counts,
-                    optimizers=optimizers, sampled=sampled, histograms_only=histograms_only,
+                    optimizers=optimizers, sampled=sampled, histograms_only=histograms_only, resets=resets,
                 )
             )
     if metadata.HISTOGRAM_PLUGIN_NAME in weight_listings:
@@ -318,7 +331,9 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                 mine = [w for w in carried if w[0] in batch_runs]
                 carried = [w for w in carried if w[0] not in batch_runs]
                 results.extend(
-                    analyze_series(series, thresholds, source=source, skipped=mine + warnings, sampled=sampled)
+                    analyze_series(
+                        series, thresholds, source=source, skipped=mine + warnings, sampled=sampled, resets=resets,
+                    )
                 )
             if carried:
                 results.extend(analyze_series([], thresholds, source=source, skipped=carried))

@@ -31,6 +31,16 @@ Beside the weights, a writer that knows its optimizer logs two ordinary
 TensorBoard scalars per logged step (plugin `scalars`, so they also show in
 the Scalars tab): `OPTIMIZER_UPDATES_TAG`, the optimizer's update count,
 and `LEARNING_RATE_TAG`, its learning rate.
+
+A reset check (`tb_weightdiff.reset`: each layer put back to its weights
+from before training, the model evaluated, the layer restored) is a second
+kind of summary of this plugin, one series per layer (or block of layers
+reset together) under the tag `RESET_TAG_PREFIX + <name>`. Its content is
+`{"kind": "reset", "version": 1, "name": <name>, "tags": [the weight tags
+it resets], "metrics": [names]}` (`RESET_FORMAT_VERSION`), and each step's
+tensor a rank-1 float64 `[RESET_FIELDS..., then per metric its value as
+trained, with the layer reset, with every layer reset]`. Weight summaries
+have no `kind`; readers tell the two apart with `is_reset_content`.
 """
 
 import collections.abc
@@ -53,6 +63,20 @@ HISTOGRAM_PLUGIN_NAME = "histograms"
 FORMAT_VERSION = 1
 
 DEFAULT_BUCKET_COUNT = 30
+
+# The reset check's summaries: their kind in the metadata content, their own
+# format version, their tags, and the fields each step's tensor starts with.
+RESET_KIND = "reset"
+RESET_FORMAT_VERSION = 1
+RESET_TAG_PREFIX = "tb_weightdiff/reset/"
+RESET_FIELDS = (
+    "batches",  # batches evaluated per evaluation
+    "examples",  # examples in them
+    "seconds",  # wall time of this layer's evaluation (0 when nothing was reset: already initial)
+    "loss",  # the loss as trained
+    "loss_reset",  # with this layer (group) put back to its initial weights
+    "loss_initial",  # with every layer put back: the model before training
+)
 
 # The plugin name of TensorBoard's scalars, and the tags of the optimizer's
 # state that writers log beside the weights.
@@ -388,6 +412,121 @@ class SummaryRows(collections.abc.Sequence):
             quantiles=row[stat_count:_HEADER_LENGTH],
             histogram=row[_HEADER_LENGTH:].reshape(-1, 3),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetData:
+    """What a reset summary's metadata `content` says."""
+
+    version: int
+    name: str
+    tags: tuple
+    metrics: tuple
+
+
+def _content_json(content):
+    if not isinstance(content, (bytes, bytearray)):
+        return None
+    try:
+        parsed = json.loads(bytes(content).decode("utf-8"))
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def is_reset_content(content):
+    """Whether a tb_weightdiff `SummaryMetadata.plugin_data.content` is of a reset summary."""
+    if not isinstance(content, (bytes, bytearray)) or b'"kind"' not in content:
+        return False  # a weight summary's content: no JSON parsed per series and listing
+    parsed = _content_json(content)
+    return parsed is not None and parsed.get("kind") == RESET_KIND
+
+
+def create_reset_metadata(name, tags, metrics=()):
+    """The `SummaryMetadata` of the reset summaries of one layer (or block) `name`.
+
+    Args:
+      name: the layer or block, as the writer names it.
+      tags: the tags of the weight summaries it resets.
+      metrics: the names of the metrics recorded beside the loss.
+    """
+    fields = {
+        "kind": RESET_KIND,
+        "version": RESET_FORMAT_VERSION,
+        "name": str(name),
+        "tags": [str(tag) for tag in tags],
+        "metrics": [str(metric) for metric in metrics],
+    }
+    return summary_pb2.SummaryMetadata(
+        display_name=str(name),
+        summary_description="tb_weightdiff reset check: the loss with this layer put back to its initial weights",
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=json.dumps(fields, separators=(",", ":")).encode("utf-8")
+        ),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def parse_reset_metadata(content):
+    """Parses the `content` of a reset summary's metadata into a `ResetData`.
+
+    Raises:
+      UnsupportedVersionError: written by a newer tb_weightdiff.
+      ValueError: not reset metadata, or malformed.
+    """
+    parsed = _content_json(content)
+    if parsed is None or parsed.get("kind") != RESET_KIND:
+        raise ValueError("malformed tb_weightdiff reset metadata: not a JSON object of kind %r" % RESET_KIND)
+    try:
+        version = int(parsed["version"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError("malformed tb_weightdiff reset metadata: %s" % error) from None
+    if version != RESET_FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            "tb_weightdiff reset format version %d is not supported by this reader (it reads "
+            "version %d); upgrade tb-weightdiff to read it" % (version, RESET_FORMAT_VERSION)
+        )
+    name, tags, metrics = parsed.get("name"), parsed.get("tags"), parsed.get("metrics", [])
+    if (
+        not isinstance(name, str)
+        or not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+        or not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)
+    ):
+        raise ValueError("malformed tb_weightdiff reset metadata: name, tags and metrics must be text")
+    return ResetData(version, name, tuple(tags), tuple(metrics))
+
+
+def encode_reset(fields, metric_values=()):
+    """Packs one reset check of one layer: `fields` in `RESET_FIELDS` order, then
+    per metric `(as trained, layer reset, all reset)`."""
+    values = [float(v) for v in fields] + [float(v) for triple in metric_values for v in triple]
+    if len(fields) != len(RESET_FIELDS):
+        raise ValueError("a reset summary has %d fields, got %d" % (len(RESET_FIELDS), len(fields)))
+    return np.asarray(values, dtype=np.float64)
+
+
+def decode_reset(values, metric_count):
+    """`({field: float}, [(trained, reset, initial)] per metric)` of one stored reset tensor.
+
+    Raises:
+      ValueError: the tensor is not `len(RESET_FIELDS) + 3 * metric_count`
+        floats, or holds counts or a time no writer produces.
+    """
+    array = np.asarray(values)
+    expected = len(RESET_FIELDS) + 3 * metric_count
+    if array.ndim != 1 or array.dtype.kind != "f" or array.size != expected:
+        raise ValueError(
+            "malformed tb_weightdiff reset tensor: shape %s, dtype %s, expected %d floats"
+            % (array.shape, array.dtype, expected)
+        )
+    values = array.astype(np.float64).tolist()
+    fields = dict(zip(RESET_FIELDS, values))
+    for name in ("batches", "examples", "seconds"):
+        value = fields[name]
+        if not (value >= 0 and value < float("inf")):
+            raise ValueError("damaged tb_weightdiff reset tensor: %s is %r" % (name, value))
+    rest = values[len(RESET_FIELDS):]
+    return fields, [tuple(rest[i:i + 3]) for i in range(0, len(rest), 3)]
 
 
 def stat_index(name):

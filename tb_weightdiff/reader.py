@@ -110,10 +110,103 @@ class ListingMemo:
 
 
 def list_tensors(logdir, plugin_name):
-    """`{run: {tag: TensorTimeSeries}}` of one plugin (one listing call)."""
-    return logdir.provider.list_tensors(
+    """`{run: {tag: TensorTimeSeries}}` of one plugin's weight series (one listing call).
+
+    Our plugin's reset summaries (`metadata.is_reset_content`) are not
+    weight series: `list_resets` lists them.
+    """
+    listing = logdir.provider.list_tensors(
         logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
     )
+    if plugin_name != metadata.PLUGIN_NAME:
+        return listing
+    return _of_kind(listing, reset=False)
+
+
+def list_resets(logdir):
+    """`{run: {tag: TensorTimeSeries}}` of the reset summaries (the same listing call, memoised
+    by the plugin's `ListingMemo`)."""
+    listing = logdir.provider.list_tensors(
+        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=metadata.PLUGIN_NAME
+    )
+    return _of_kind(listing, reset=True)
+
+
+def _of_kind(listing, reset):
+    found = {}
+    for run, run_tags in listing.items():
+        kept = {
+            tag: series for tag, series in run_tags.items()
+            if metadata.is_reset_content(series.plugin_content) == reset
+        }
+        if kept:
+            found[run] = kept
+    return found
+
+
+@dataclasses.dataclass
+class ResetSeries:
+    """The reset checks of one layer (or block) of a run, decoded.
+
+    Attributes:
+      run, tag: as TensorBoard names them.
+      name: the layer or block as its writer named it.
+      tags: the weight tags it resets.
+      metrics: the metric names, in the order of `metric_values`' entries.
+      steps: int steps, ascending.
+      fields: per step, `{field: float}` for `metadata.RESET_FIELDS`.
+      metric_values: per step, `[(as trained, layer reset, all reset)]` per metric.
+    """
+
+    run: str
+    tag: str
+    name: str
+    tags: tuple
+    metrics: tuple
+    steps: list
+    fields: list
+    metric_values: list
+
+
+def read_resets(logdir, runs):
+    """The reset checks of `runs`: `({run: [ResetSeries]}, [(run, tag, message)])`.
+
+    A series with metadata of an unknown version, or damaged tensors, is
+    left out with a `(run, tag, "skipped: ...")` warning, as weight series are.
+    """
+    listing = list_resets(logdir)
+    wanted, warnings, parsed = {}, [], {}
+    for run in sorted(set(runs) & set(listing)):
+        for tag, time_series in sorted(listing[run].items()):
+            try:
+                parsed[run, tag] = metadata.parse_reset_metadata(time_series.plugin_content)
+            except ValueError as error:
+                warnings.append((run, tag, "skipped: %s" % error))
+                continue
+            wanted.setdefault(run, []).append(tag)
+    found = {}
+    if not wanted:
+        return found, warnings
+    too_large = []
+    data = _read(logdir, metadata.PLUGIN_NAME, sorted(wanted), sorted({t for tags in wanted.values() for t in tags}),
+                 too_large)
+    warnings.extend(too_large)
+    for run in sorted(wanted):
+        for tag in wanted[run]:
+            info = parsed[run, tag]
+            points = data.get(run, {}).get(tag, [])
+            steps, values, _ = drop_orphaned_steps([int(p.step) for p in points], [p.numpy for p in points])
+            try:
+                decoded = [metadata.decode_reset(value, len(info.metrics)) for value in values]
+            except ValueError as error:
+                warnings.append((run, tag, "skipped: %s" % error))
+                continue
+            if steps:
+                found.setdefault(run, []).append(ResetSeries(
+                    run, tag, info.name, info.tags, info.metrics, steps,
+                    [fields for fields, _ in decoded], [metric for _, metric in decoded],
+                ))
+    return found, warnings
 
 
 @dataclasses.dataclass

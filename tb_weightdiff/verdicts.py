@@ -76,6 +76,12 @@ class Thresholds:
         on every layer.
       settled_fraction: a layer has settled once its per-step shift stays
         below this fraction of its own peak (`settled_step`).
+      max_robust_reset, min_critical_reset: where a reset check was
+        recorded, the share of what training gained (loss before training
+        minus loss as trained) that putting one layer back to its initial
+        weights undoes: below the first the layer is `robust`, from the
+        second on `critical` (Zhang, Bengio and Singer, 2022). They label a
+        layer's `reset` entry; they do not change verdicts.
     """
 
     min_relative_change: float = dataclasses.field(
@@ -127,6 +133,21 @@ class Thresholds:
         metadata={
             "label": "settled fraction",
             "help": "a layer settled once its per-step shift stays below this fraction of its peak",
+        },
+    )
+    max_robust_reset: float = dataclasses.field(
+        default=0.1,
+        metadata={
+            "label": "max undone, robust",
+            "help": "a layer whose reset to its initial weights undoes less than this fraction of what training "
+            "gained (reset check) is robust",
+        },
+    )
+    min_critical_reset: float = dataclasses.field(
+        default=0.5,
+        metadata={
+            "label": "min undone, critical",
+            "help": "a layer whose reset undoes at least this fraction of what training gained is critical",
         },
     )
 
@@ -585,7 +606,9 @@ def _findings(layers, optimizer, thresholds):
     return findings
 
 
-def run_json(run, source, layers, medians, warnings, other_source_count=0, optimizer=None, thresholds=None):
+def run_json(
+    run, source, layers, medians, warnings, other_source_count=0, optimizer=None, thresholds=None, resets=None,
+):
     """One run's entry of the contract, its layers worst first.
 
     Args:
@@ -600,6 +623,7 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0, optim
       optimizer: the optimizer's state a writer logged (`reader.read_optimizer`'s
         entry), or None.
       thresholds: the `Thresholds` the run was judged with (for its findings).
+      resets: the run's reset checks (`reader.ResetSeries`), or None.
     """
     thresholds = thresholds or Thresholds()
     variables = [v for members in layers.values() for v in members]
@@ -635,6 +659,7 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0, optim
         )
     run_warnings.extend(warnings)
     layer_entries = sorted((_layer_json(name, members) for name, members in layers.items()), key=_sort_key)
+    reset_check = _attach_resets(layer_entries, resets or [], thresholds)
     counts = {verdict: 0 for verdict in VERDICTS}
     for layer in layer_entries:
         counts[layer["verdict"]] += 1
@@ -652,7 +677,119 @@ def run_json(run, source, layers, medians, warnings, other_source_count=0, optim
         "verdict_counts": counts,
         "findings": _findings(layers, optimizer, thresholds),
         "optimizer": strict(optimizer) if optimizer else None,
+        "reset_check": reset_check,
         "layers": layer_entries,
+    }
+
+
+# ---------------------------------------------------------------------------
+# The reset check: which layers mattered
+# ---------------------------------------------------------------------------
+
+ROBUST = "robust"
+CRITICAL = "critical"
+PARTIAL = "partial"
+IMPACTS = (CRITICAL, PARTIAL, ROBUST)
+
+RESET_NOTES = {
+    (LEARNING, ROBUST): "It learned, yet putting its initial weights back undoes only %s of what training "
+    "gained: the network hardly relies on what this layer learned. A robust layer (Zhang, Bengio and Singer, "
+    "2022), common in over-parameterised networks; not a fault, but it could be frozen or kept at its "
+    "initialisation at almost no cost.",
+    (NOT_LEARNING, CRITICAL): "It barely moved, yet putting its initial weights back undoes %s of what "
+    "training gained: the little it moved matters (a first layer, an embedding, fine-tuning). Read "
+    "not_learning here as 'moves far less than its peers', not as 'does nothing'.",
+    (DECAY_ONLY, CRITICAL): "Only a rescaling moved it, yet putting its initial weights back undoes %s of "
+    "what training gained: the rescaling itself matters (the layers after it adapted to its smaller scale).",
+}
+
+
+def _impact(undone, thresholds):
+    if undone is None:
+        return None
+    if undone < thresholds.max_robust_reset:
+        return ROBUST
+    if undone >= thresholds.min_critical_reset:
+        return CRITICAL
+    return PARTIAL
+
+
+def _reset_json(series, index, thresholds):
+    fields = series.fields[index]
+    loss, reset, initial = fields["loss"], fields["loss_reset"], fields["loss_initial"]
+    increase = reset - loss
+    gained = initial - loss
+    undone = increase / gained if gained > 0 and math.isfinite(gained) else None
+    return {
+        "name": series.name,
+        "tags": list(series.tags),
+        "step": series.steps[index],
+        "loss": finite(loss),
+        "loss_reset": finite(reset),
+        "loss_initial": finite(initial),
+        "increase": finite(increase),
+        "ratio": finite(reset / loss) if loss > 0 else None,
+        "undone": finite(undone),
+        "impact": _impact(finite(undone), thresholds),
+        "metrics": {
+            name: {"trained": finite(a), "reset": finite(b), "initial": finite(c)}
+            for name, (a, b, c) in zip(series.metrics, series.metric_values[index])
+        },
+        "batches": int(fields["batches"]),
+        "examples": int(fields["examples"]),
+        "seconds": finite(fields["seconds"]),
+    }
+
+
+def _attach_resets(layer_entries, resets, thresholds):
+    """Puts each layer's last reset check into its entry (`reset`, or None); returns the run's
+    `reset_check` summary, or None when the run has none.
+
+    A check belongs to the layers whose variables it reset (by tag), or
+    whose name is the layer of a tag it reset (`scores.split_tag`: a check
+    of our summaries' tags also finds the same layer judged from plain
+    histograms); a block reset together belongs to each of its layers.
+    """
+    for entry in layer_entries:
+        entry["reset"] = None
+        entry["reset_note"] = None
+    if not resets:
+        return None
+    claims = []
+    for series in resets:
+        claims.append((series, set(series.tags), {scores.split_tag(tag)[0] for tag in series.tags}))
+    for entry in layer_entries:
+        tags = {variable["tag"] for variable in entry["variables"]}
+        best, overlap = None, 0
+        for series, reset_tags, reset_layers in claims:
+            score = len(tags & reset_tags) or (1 if entry["name"] in reset_layers else 0)
+            if score > overlap:
+                best, overlap = series, score
+        if best is None:
+            continue
+        found = _reset_json(best, len(best.steps) - 1, thresholds)
+        found["steps"] = list(best.steps)
+        found["increase_by_step"] = display_list([f["loss_reset"] - f["loss"] for f in best.fields])
+        found["block"] = len({scores.split_tag(tag)[0] for tag in best.tags}) > 1
+        entry["reset"] = found
+        note = RESET_NOTES.get((entry["verdict"], found["impact"]))
+        if note and found["undone"] is not None:
+            entry["reset_note"] = note % ("%.0f%%" % (100 * found["undone"]) if found["undone"] >= 0.01 else
+                                          "%.2g%%" % (100 * found["undone"]))
+    last = max(resets, key=lambda series: series.steps[-1])
+    fields = last.fields[-1]
+    checked = [series for series in resets if series.steps[-1] == last.steps[-1]]
+    evaluated = [series.fields[-1]["seconds"] for series in checked if series.fields[-1]["seconds"] > 0]
+    return {
+        "steps": sorted({step for series in resets for step in series.steps}),
+        "step": last.steps[-1],
+        "loss": finite(fields["loss"]),
+        "loss_initial": finite(fields["loss_initial"]),
+        "batches": int(fields["batches"]),
+        "examples": int(fields["examples"]),
+        "groups": len(checked),
+        "evaluated": len(evaluated),
+        "seconds_per_group": finite(float(np.median(evaluated))) if evaluated else None,
     }
 
 
@@ -680,6 +817,7 @@ CSV_COLUMNS = (
     "elements", "baseline_step", "last_step", "diverged_step", "movement", "movement_kind",
     "ratio_to_median", "shift", "max_shift", "relative_change", "cosine_distance",
     "reference_distance", "scale", "scale_basis", "reason",
+    "reset_increase", "reset_undone", "reset_impact",
 )
 
 # A spreadsheet runs a cell that starts like this as a formula (CSV injection):
@@ -711,6 +849,12 @@ def to_csv(result):
                     layer_verdict=layer["verdict"],
                     variable=variable["name"],
                     last_step=variable["steps"][-1] if variable["steps"] else None,
+                )
+                reset = layer.get("reset") or {}
+                record.update(
+                    reset_increase=reset.get("increase"),
+                    reset_undone=reset.get("undone"),
+                    reset_impact=reset.get("impact"),
                 )
                 writer.writerow([_csv_cell(record.get(column)) for column in CSV_COLUMNS])
     return out.getvalue()

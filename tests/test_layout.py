@@ -15,7 +15,7 @@ LAYERS = [
     {"metadata", "distribute"},
     {"summary", "distance", "reader"},
     {"scores", "events"},
-    {"verdicts"},
+    {"verdicts", "reset"},
     {"judge"},
     {"cache"},
     {"plugin", "cli", "keras", "torch"},
@@ -24,7 +24,7 @@ LAYERS = [
 LAYER_OF = {name: index for index, layer in enumerate(LAYERS) for name in layer}
 
 # What reads weight series out of a logdir; on the judging side only `judge` calls it.
-_READING = {"read_series", "iter_read_series", "list_tensors"}
+_READING = {"read_series", "iter_read_series", "list_tensors", "list_resets", "read_resets"}
 
 
 def _modules():

@@ -25,6 +25,7 @@ def test_thresholds_validate_and_parse():
     assert set(verdicts.Thresholds.names()) == {
         "min_relative_change", "min_shift", "min_ratio_to_median", "max_rescale_residual",
         "max_histogram_rescale_residual", "min_update_ratio", "settled_fraction",
+        "max_robust_reset", "min_critical_reset",
     }
     for bad in (-1e-3, float("nan"), float("inf"), "0.1", None, True):
         with pytest.raises(ValueError, match="min_shift"):
