@@ -19,11 +19,13 @@ and only the process `tb_weightdiff.distribute.is_chief` picks writes.
 
 import logging
 import os
+import time
 
 import numpy as np
 
 from tb_weightdiff import distribute
 from tb_weightdiff import events
+from tb_weightdiff import reset as reset_lib
 from tb_weightdiff import summary as summary_lib
 
 try:
@@ -96,6 +98,31 @@ class WeightDiffCallback(keras.callbacks.Callback):
         record each variable's distance from them.
       buckets: histogram buckets per tensor (default 30, as TensorBoard).
       subdir: the subdirectory of `log_dir` to write to (default "train").
+      reset_check: data to run the reset check on (`(x, y)` or `(x, y,
+        sample_weight)` arrays, a `tf.data.Dataset`, a `keras.utils.PyDataset`,
+        or any iterable of such batches), or None for no check. When training
+        ends (and every `reset_every` epochs), each layer in turn is put back
+        to its weights from before training (its non-trainable state, such
+        as BatchNorm's moving statistics, too), the model is evaluated on
+        these batches, and the layer is restored bit for bit; the loss (and
+        the compiled metrics) with the layer reset, as trained and with
+        every layer reset are recorded, and the tab shows which layers
+        mattered. Needs `reference=True`. The first `reset_batches` batches
+        are taken once and kept (on the host), so every evaluation of every
+        check sees the same examples. Cost: 2 + (layers that moved)
+        evaluations of `reset_batches` batches per check; a layer still at
+        its initial weights (frozen) is not evaluated again, its increase is
+        0. Not part of `get_config()` (data is not configuration).
+      reset_every: also check every `reset_every` epochs (None: only at the
+        end of training).
+      reset_batches: batches per evaluation (default 20).
+      reset_batch_size: the batch size for array data (default 32); a
+        dataset's own batches are kept as they are.
+      reset_groups: layers to reset together, as `{block name: regular
+        expression}` matched against the variables' paths (e.g.
+        `{"block1": r"/block1_"}` for a ResNet stage or a transformer
+        block), or a callable `path -> block name or None`; default: each
+        layer alone.
 
     Example:
 
@@ -113,7 +140,11 @@ class WeightDiffCallback(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, log_dir="logs", freq=1, reference=True, buckets=None, subdir="train"):
+    def __init__(
+        self, log_dir="logs", freq=1, reference=True, buckets=None, subdir="train",
+        reset_check=None, reset_every=None, reset_batches=reset_lib.DEFAULT_BATCHES, reset_batch_size=32,
+        reset_groups=None,
+    ):
         super().__init__()
         if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
             raise ValueError("freq must be an int >= 1, got %r" % (freq,))
@@ -124,6 +155,18 @@ class WeightDiffCallback(keras.callbacks.Callback):
         # plain int (not numpy's) keeps `get_config()` JSON-serializable.
         self.buckets = None if buckets is None else summary_lib.check_buckets(buckets)
         self.subdir = subdir
+        if reset_check is not None and not self.keep_reference:
+            raise ValueError("reset_check needs reference=True: the check puts back the weights from before training")
+        self.reset_check = reset_check
+        self.reset_every = reset_lib.check_every(reset_every)
+        self.reset_batches = reset_lib.check_batches(reset_batches)
+        self.reset_batch_size = reset_lib.check_batches(reset_batch_size)
+        self.reset_groups = reset_groups
+        self._blocks = reset_lib.check_blocks(reset_groups)
+        self._reset_data = None
+        self._reset_failed = False
+        self._last_checked_step = None
+        self.last_reset = None
         self._writer = None
         self._reference = {}
         self._baseline_logged = False
@@ -141,6 +184,10 @@ class WeightDiffCallback(keras.callbacks.Callback):
             "reference": self.keep_reference,
             "buckets": self.buckets,
             "subdir": self.subdir,
+            "reset_every": self.reset_every,
+            "reset_batches": self.reset_batches,
+            "reset_batch_size": self.reset_batch_size,
+            "reset_groups": self.reset_groups if isinstance(self.reset_groups, dict) else None,
         }
 
     @classmethod
@@ -181,10 +228,14 @@ class WeightDiffCallback(keras.callbacks.Callback):
         self._last_epoch = epoch
         if (epoch + 1) % self.freq == 0:
             self._guard(self._log, epoch + 1)
+        if self.reset_every and (epoch + 1) % self.reset_every == 0:
+            self._check_resets(epoch + 1)
 
     def on_train_end(self, logs=None):
         if self._last_epoch is not None and self._last_logged_step != self._last_epoch + 1:
             self._guard(self._log, self._last_epoch + 1)
+        if self._last_epoch is not None and self._last_checked_step != self._last_epoch + 1:
+            self._check_resets(self._last_epoch + 1)
         if self._writer is not None:
             self._guard(self._writer.flush)
 
@@ -311,6 +362,136 @@ class WeightDiffCallback(keras.callbacks.Callback):
         writer.flush()
         self._last_logged_step = step
 
+    # -- the reset check -------------------------------------------------
+
+    def _check_resets(self, step):
+        """Runs the reset check at `step`. Every process evaluates (under a multi-worker
+        strategy `evaluate` is collective); the chief writes. A failure warns once and
+        ends the checks, never training; the weights are restored before it is reported."""
+        if self.reset_check is None or self._reset_failed or self._failed or not self._reference:
+            return
+        self._last_checked_step = step
+        try:
+            x, y, sample_weight, batch_size, batches, examples = self._reset_batches()
+            variables = {self._tag(v): v for v, _ in self._variables()}
+            groups = reset_lib.make_groups(
+                [tag for tag in variables if tag in self._reference], self._blocks
+            )
+
+            def evaluate():
+                return self.model.evaluate(
+                    x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0, return_dict=True
+                )
+
+            def swap(chosen):
+                return reset_lib.swapped(
+                    [(tag, variables[tag]) for group in chosen for tag in group.tags],
+                    self._host_value,
+                    lambda variable, value: variable.assign(value),
+                    self._reference.get,
+                )
+
+            def unchanged(group):
+                return all(_same_bits(self._host_value(variables[tag]), self._reference[tag]) for tag in group.tags)
+
+            started = time.perf_counter()
+            results = reset_lib.run_check(groups, evaluate, swap, unchanged)
+            if self._is_chief() and not self._failed:
+                writer = self._get_writer()
+                reset_lib.write(writer, step, results, batches, examples)
+                writer.flush()
+            self.last_reset = reset_lib.summarize(results)
+            logger.info(
+                "WeightDiffCallback: reset check at step %d: %d layers, %d batches, %.2f s",
+                step, len(groups), batches, time.perf_counter() - started,
+            )
+        except Exception as error:  # pylint: disable=broad-except
+            self._reset_failed = True
+            logger.warning(
+                "WeightDiffCallback stopped its reset check after an error (the weights were restored; "
+                "training continues): %s: %s", type(error).__name__, error,
+            )
+
+    def _reset_batches(self):
+        """`(x, y, sample_weight, batch_size, batches, examples)`: the check's data, taken once."""
+        if self._reset_data is None:
+            self._reset_data = _take_batches(self.reset_check, self.reset_batches, self.reset_batch_size)
+        return self._reset_data
+
     def reference_nbytes(self):
         """Host bytes held by the reference snapshot (0 with `reference=False`)."""
         return sum(array.nbytes for array in self._reference.values())
+
+
+def _same_bits(a, b):
+    """Whether two host arrays hold the same values bit for bit (NaN equal to itself)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _numpy_tree(value):
+    return keras.tree.map_structure(lambda leaf: np.asarray(keras.ops.convert_to_numpy(leaf)), value)
+
+
+def _rows(value, count):
+    return keras.tree.map_structure(lambda leaf: leaf[:count], value)
+
+
+def _split_batch(batch):
+    """`(x, y, sample_weight)` of one batch, as `keras.utils.unpack_x_y_sample_weight`."""
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    if not isinstance(batch, tuple):
+        return batch, None, None
+    if len(batch) == 1:
+        return batch[0], None, None
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    if len(batch) == 3:
+        return batch
+    raise ValueError("a reset_check batch must be x, (x,), (x, y) or (x, y, sample_weight), got %d items" % len(batch))
+
+
+def _take_batches(data, batches, batch_size):
+    """The first `batches` batches of `data` as host arrays, with their batch size and counts.
+
+    Arrays (`(x, y[, sample_weight])`) are sliced to `batches * batch_size`
+    rows; a dataset or any other iterable of batches gives its first
+    `batches` batches, concatenated (the same examples at every evaluation,
+    even where the dataset reshuffles on each pass).
+    """
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not _is_batch_stream(data):
+        x, y, sample_weight = _split_batch(tuple(data))
+        count = batches * batch_size
+        x, y = _numpy_tree(_rows(x, count)), _numpy_tree(_rows(y, count))
+        sample_weight = None if sample_weight is None else _numpy_tree(_rows(sample_weight, count))
+        examples = len(keras.tree.flatten(x)[0])
+        if examples == 0:
+            raise ValueError("reset_check holds no examples")
+        return x, y, sample_weight, batch_size, -(-examples // batch_size), examples
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not hasattr(data, "element_spec"):
+        taken = [data[index] for index in range(min(len(data), batches))]  # a PyDataset, a Sequence
+    else:
+        taken = []
+        for batch in data:
+            taken.append(batch)
+            if len(taken) == batches:
+                break
+    if not taken:
+        raise ValueError("reset_check gave no batches")
+    parts = [_split_batch(_numpy_tree(batch)) for batch in taken]
+    first_size = len(keras.tree.flatten(parts[0][0])[0])
+
+    def joined(index):
+        if parts[0][index] is None:
+            return None
+        return keras.tree.map_structure(lambda *leaves: np.concatenate(leaves), *[part[index] for part in parts])
+
+    x, y, sample_weight = joined(0), joined(1), joined(2)
+    examples = len(keras.tree.flatten(x)[0])
+    return x, y, sample_weight, first_size, len(taken), examples
+
+
+def _is_batch_stream(data):
+    """A list of batches (each a tuple) rather than `(x, y)` arrays."""
+    return isinstance(data, list) and all(isinstance(item, (tuple, list)) for item in data)

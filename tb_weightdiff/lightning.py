@@ -21,6 +21,7 @@ trainer.fit(model, train_loader)
 
 import os
 
+from tb_weightdiff import reset as reset_lib
 from tb_weightdiff import torch as torch_logger
 
 try:
@@ -61,6 +62,16 @@ class WeightDiffCallback(Callback):
         `TensorBoardLogger`. Required when the trainer has none.
       every_n_epochs: log every this many epochs (>= 1).
       reference, buffers, buckets: as in `WeightDiffLogger`.
+      reset_check: batches (a `DataLoader`) for the reset check
+        (`WeightDiffLogger.reset_check`): when training ends, and every
+        `reset_every` epochs, each layer is put back to its initial weights,
+        the model evaluated and the layer restored bit for bit. Needs
+        `reset_loss`.
+      reset_loss: `loss_fn(outputs, targets)` for the check.
+      reset_metrics, reset_batches, reset_groups, reset_forward: as
+        `metrics`, `max_batches`, `groups` and `forward` of
+        `WeightDiffLogger.reset_check`.
+      reset_every: also check every this many epochs (None: at the end only).
 
     Raises (when `fit` starts):
       ValueError: no `log_dir` and no `TensorBoardLogger` in the trainer.
@@ -68,8 +79,25 @@ class WeightDiffCallback(Callback):
         parameters (FSDP): no rank holds whole tensors.
     """
 
-    def __init__(self, log_dir=None, every_n_epochs=1, reference=True, buffers=False, buckets=None):
+    def __init__(
+        self, log_dir=None, every_n_epochs=1, reference=True, buffers=False, buckets=None,
+        reset_check=None, reset_loss=None, reset_metrics=None, reset_every=None,
+        reset_batches=reset_lib.DEFAULT_BATCHES, reset_groups=None, reset_forward=None,
+    ):
         super().__init__()
+        if reset_check is not None and reset_loss is None:
+            raise ValueError("reset_check needs reset_loss: the loss_fn(outputs, targets) to evaluate with")
+        if reset_check is not None and not reference:
+            raise ValueError("reset_check needs reference=True: it puts back the weights from before training")
+        self.reset_check = reset_check
+        self.reset_loss = reset_loss
+        self.reset_metrics = reset_metrics
+        self.reset_every = reset_lib.check_every(reset_every)
+        self.reset_batches = reset_lib.check_batches(reset_batches)
+        self.reset_groups = reset_groups
+        reset_lib.check_blocks(reset_groups)
+        self.reset_forward = reset_forward
+        self.last_reset = None
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError("every_n_epochs must be an int >= 1, got %r" % (every_n_epochs,))
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -111,6 +139,17 @@ class WeightDiffCallback(Callback):
         epoch = trainer.current_epoch + 1
         if self.logger is not None and epoch % self.every_n_epochs == 0:
             self.logger.log(epoch)
+        if self.logger is not None and self.reset_every and epoch % self.reset_every == 0:
+            self._check(epoch)
+
+    def _check(self, step):
+        if self.reset_check is None:
+            return
+        self.last_reset = self.logger.reset_check(
+            self.reset_check, self.reset_loss, metrics=self.reset_metrics, max_batches=self.reset_batches,
+            step=step, groups=self.reset_groups, forward=self.reset_forward,
+        )
+        self._checked = step
 
     def on_fit_end(self, trainer, pl_module):
         if self.logger is None:
@@ -120,6 +159,8 @@ class WeightDiffCallback(Callback):
         epochs = trainer.current_epoch
         if self.logger.last_step != epochs and epochs > 0:
             self.logger.log(epochs)
+        if getattr(self, "_checked", None) != self.logger.last_step:
+            self._check(self.logger.last_step)
         self.logger.close()
         self.logger = None
 

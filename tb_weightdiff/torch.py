@@ -22,12 +22,15 @@ with WeightDiffLogger("runs/exp1", model, optimizer=optimizer) as weights:
 ```
 """
 
+import itertools
 import logging
 import os
+import time
 
 import numpy as np
 
 from tb_weightdiff import events
+from tb_weightdiff import reset as reset_lib
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +232,123 @@ class WeightDiffLogger:
         self._check_sharding()
         self._guard(self._log, step)
 
+    def reset_check(self, data, loss_fn, metrics=None, max_batches=reset_lib.DEFAULT_BATCHES, step=None,
+                    groups=None, forward=None):
+        """Which layers mattered: puts each layer back to its weights of step 0, measures the loss.
+
+        For each layer in turn (a module's own parameters; with
+        `buffers=True` its floating-point buffers, BatchNorm's running
+        statistics, too) the logger copies the step-0 values in, evaluates
+        the model on the first `max_batches` batches of `data` in eval mode
+        under `torch.no_grad()`, and copies the values it had back, bit for
+        bit (on leaving, even when evaluating raised). It also evaluates the
+        model as it is and with every layer reset (the model before
+        training). The results are written as reset summaries at `step`;
+        the tab and `tb-weightdiff report` show, per layer, how much of
+        what training gained its reset undoes. The modules' train/eval
+        modes are restored afterwards, so training can go on.
+
+        The batches are taken from `data` at the first call and kept (where
+        they are), so every evaluation of every check sees the same
+        examples, even from a shuffling `DataLoader`. Cost: 2 + (layers that
+        moved) evaluations of `max_batches` batches; a layer still at its
+        step-0 weights is not evaluated again (its increase is 0).
+
+        Args:
+          data: an iterable of batches (a `DataLoader`): `(inputs, targets)`,
+            where `inputs` is a tensor (`model(inputs)`), a tuple
+            (`model(*inputs)`) or a dict (`model(**inputs)`); or anything,
+            with `forward`.
+          loss_fn: `loss_fn(outputs, targets)`, a scalar mean over the batch
+            (`torch.nn.CrossEntropyLoss()`); batches are weighted by their size.
+          metrics: optional `{name: fn(outputs, targets) -> scalar}` (an
+            accuracy), averaged the same way.
+          max_batches: batches per evaluation (default 20).
+          step: the step to record it at (default: the last logged step).
+          groups: layers to reset together: `{block name: regular
+            expression}` matched against the parameter names
+            (`{"layer1": r"^layer1\\."}` for a ResNet stage), or a callable
+            `name -> block name or None`; default each module alone.
+          forward: optional `forward(model, batch) -> (outputs, targets)`
+            for batches of another shape (a Hugging Face dict, say).
+
+        Returns:
+          `{layer: {"loss", "loss_reset", "loss_initial", "increase"}}`, or
+          None on a rank other than 0 or after `close()`.
+
+        Raises:
+          ValueError: the logger keeps no reference (`reference=False`), no
+            batches, or a bad argument. Errors of the model or `loss_fn` propagate
+            (the weights are restored first).
+        """
+        if not self.keep_reference:
+            raise ValueError("reset_check needs reference=True: it puts back the weights of step 0")
+        max_batches = reset_lib.check_batches(max_batches)
+        blocks = reset_lib.check_blocks(groups)
+        if self._closed or not self.active:
+            return None
+        if step is None:
+            step = self.last_step or 0
+        torch = self._torch
+        batches = self._reset_batches(data, max_batches)
+        tensors = {name: tensor for name, tensor, _, _ in self._tensors() if name in self._reference}
+        reset_groups = reset_lib.make_groups(list(tensors), blocks)
+        examples = sum(_batch_size(batch, forward, self.model, torch) for batch in batches)
+
+        def evaluate():
+            return _evaluate(torch, self.model, batches, loss_fn, metrics or {}, forward)
+
+        def initial(name):
+            tensor = tensors[name]
+            value = torch.from_numpy(self._reference[name]).reshape(tensor.shape)
+            return value.to(device=tensor.device, dtype=tensor.dtype)
+
+        def swap(chosen):
+            return reset_lib.swapped(
+                [(name, tensors[name]) for group in chosen for name in group.tags],
+                lambda tensor: tensor.detach().clone(),
+                lambda tensor, value: tensor.data.copy_(value),
+                initial,
+            )
+
+        def unchanged(group):
+            # Compared where the tensor lives: no host copy. A tensor holding NaN never
+            # equals its reference here, and is evaluated: resetting it is a real change.
+            return all(
+                tensors[name].numel() == self._reference[name].size and torch.equal(tensors[name], initial(name))
+                for name in group.tags
+            )
+
+        modes = [(module, module.training) for module in self.model.modules()]
+        started = time.perf_counter()
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                results = reset_lib.run_check(reset_groups, evaluate, swap, unchanged)
+        finally:
+            for module, training in modes:
+                module.training = training
+        self._guard(self._write_resets, step, results, len(batches), examples)
+        logger.info("WeightDiffLogger: reset check at step %d: %d layers, %d batches, %.2f s",
+                    step, len(reset_groups), len(batches), time.perf_counter() - started)
+        return reset_lib.summarize(results)
+
+    def _write_resets(self, step, results, batches, examples):
+        writer = self._get_writer()
+        reset_lib.write(writer, step, results, batches, examples)
+        writer.flush()
+
+    def _reset_batches(self, data, max_batches):
+        """The first `max_batches` batches of `data`, taken once per `data` and kept."""
+        kept = getattr(self, "_kept_batches", None)
+        if kept is None or kept[0] is not data or len(kept[1]) < max_batches and kept[2]:
+            batches = list(itertools.islice(iter(data), max_batches))
+            if not batches:
+                raise ValueError("reset_check: data gave no batches")
+            kept = (data, batches, len(batches) == max_batches)
+            self._kept_batches = kept
+        return kept[1][:max_batches]
+
     def flush(self):
         """Writes what is buffered to disk."""
         if self._writer is not None:
@@ -248,6 +368,7 @@ class WeightDiffLogger:
             except Exception as error:  # pylint: disable=broad-except
                 logger.warning("WeightDiffLogger could not close its event file: %s: %s", type(error).__name__, error)
         self._reference = {}
+        self._kept_batches = None
 
     def reference_nbytes(self):
         """Host bytes held by the reference snapshot (0 with `reference=False`)."""
@@ -374,6 +495,55 @@ class WeightDiffLogger:
         events.write_optimizer(writer, step, updates=updates, learning_rate=learning_rate)
         writer.flush()
         self.last_step = step
+
+
+def _call(model, inputs):
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _outputs_and_targets(model, batch, forward):
+    if forward is not None:
+        return forward(model, batch)
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(
+            "reset_check: a batch must be (inputs, targets); pass forward=(model, batch) -> "
+            "(outputs, targets) for batches of another shape"
+        )
+    return _call(model, batch[0]), batch[1]
+
+
+def _batch_size(batch, forward, model, torch):
+    """Examples in a batch: its targets' first dimension (1 for a scalar target)."""
+    if forward is None and isinstance(batch, (tuple, list)) and len(batch) == 2:
+        targets = batch[1]
+    else:
+        with torch.no_grad():
+            _, targets = forward(model, batch) if forward is not None else (None, None)
+    if hasattr(targets, "shape") and len(targets.shape):
+        return int(targets.shape[0])
+    try:
+        return len(targets)
+    except TypeError:
+        return 1
+
+
+def _evaluate(torch, model, batches, loss_fn, metrics, forward):
+    """`{"loss": mean, metric: mean}` over `batches`, each batch weighted by its size."""
+    totals = {"loss": 0.0}
+    totals.update({name: 0.0 for name in metrics})
+    count = 0
+    for batch in batches:
+        outputs, targets = _outputs_and_targets(model, batch, forward)
+        size = int(targets.shape[0]) if hasattr(targets, "shape") and len(targets.shape) else 1
+        totals["loss"] += float(loss_fn(outputs, targets)) * size
+        for name, function in metrics.items():
+            totals[name] += float(function(outputs, targets)) * size
+        count += size
+    return {name: total / count for name, total in totals.items()}
 
 
 def _plain_dtypes(torch):

@@ -147,3 +147,63 @@ def write_corrupted_logdir(logdir, seed=0):
         "future": "format version 7",
         "restarted": "steps 0..5, then 0..3 again",
     }
+
+
+def write_reset_logdir(logdir, seed=0, steps=4):
+    """A run `checked` with a reset check, from a numpy model trained for real (no framework).
+
+    A two-layer linear regressor `y = x @ W1 @ W2`, trained by full-batch
+    gradient descent with `model/frozen` (between the two) never updated;
+    the check runs `tb_weightdiff.reset.run_check` on it. Returns the
+    `{layer: fields}` of the final check.
+    """
+    from tb_weightdiff import events
+    from tb_weightdiff import reset
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 8))
+    y = x @ rng.standard_normal((8, 1))
+    weights = {
+        "model/first/kernel": rng.standard_normal((8, 8)) * 0.3,
+        "model/frozen/kernel": np.eye(8) + rng.standard_normal((8, 8)) * 0.05,
+        "model/last/kernel": rng.standard_normal((8, 1)) * 0.3,
+    }
+    initial = {tag: value.copy() for tag, value in weights.items()}
+
+    def forward():
+        hidden = x @ weights["model/first/kernel"]
+        frozen = hidden @ weights["model/frozen/kernel"]
+        return hidden, frozen, frozen @ weights["model/last/kernel"]
+
+    def evaluate():
+        prediction = forward()[2]
+        return {"loss": float(np.mean((prediction - y) ** 2)), "mae": float(np.mean(np.abs(prediction - y)))}
+
+    writer = events.create_writer(logdir / "checked")
+    for step in range(steps + 1):
+        if step:
+            for _ in range(20):
+                hidden, frozen, prediction = forward()
+                grad = 2 * (prediction - y) / len(x)
+                grad_last = frozen.T @ grad
+                grad_first = x.T @ ((grad @ weights["model/last/kernel"].T) @ weights["model/frozen/kernel"].T)
+                weights["model/last/kernel"] -= 0.05 * grad_last
+                weights["model/first/kernel"] -= 0.05 * grad_first
+        for tag, value in weights.items():
+            events.write_weights(writer, tag, value.astype(np.float32), step, reference=initial[tag].astype(np.float32),
+                                 trainable=tag != "model/frozen/kernel", layer_type="Dense")
+    groups = reset.make_groups(list(weights))
+
+    def swap(chosen):
+        def assign(tag, value):
+            weights[tag] = value.copy()
+        return reset.swapped([(tag, tag) for group in chosen for tag in group.tags],
+                             lambda tag: weights[tag].copy(), assign, initial.get)
+
+    def unchanged(group):
+        return all(np.array_equal(weights[tag], initial[tag]) for tag in group.tags)
+
+    results = reset.run_check(groups, evaluate, swap, unchanged)
+    reset.write(writer, steps, results, batches=1, examples=len(x))
+    writer.close()
+    return {group.name: fields for group, fields, _ in results}

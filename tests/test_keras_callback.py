@@ -240,7 +240,10 @@ def test_the_callback_is_a_plain_module_level_class():
     assert WeightDiffCallback.__module__ == "tb_weightdiff.keras"
     assert tb_weightdiff.keras.WeightDiffCallback is WeightDiffCallback
     assert issubclass(WeightDiffCallback, keras.callbacks.Callback)
-    assert list(inspect.signature(WeightDiffCallback).parameters) == ["log_dir", "freq", "reference", "buckets", "subdir"]
+    assert list(inspect.signature(WeightDiffCallback).parameters) == [
+        "log_dir", "freq", "reference", "buckets", "subdir",
+        "reset_check", "reset_every", "reset_batches", "reset_batch_size", "reset_groups",
+    ]
     assert "class WeightDiffCallback" in pydoc.render_doc(tb_weightdiff.keras, renderer=pydoc.plaintext)
 
 
@@ -254,7 +257,10 @@ def test_the_callback_is_registered_and_its_config_round_trips():
     assert keras.saving.get_registered_name(WeightDiffCallback) == "tb_weightdiff>WeightDiffCallback"
     callback = WeightDiffCallback("logs/run1", freq=2, reference=False, buckets=np.int64(7), subdir="validation")
     config = callback.get_config()
-    assert config == {"log_dir": "logs/run1", "freq": 2, "reference": False, "buckets": 7, "subdir": "validation"}
+    assert config == {
+        "log_dir": "logs/run1", "freq": 2, "reference": False, "buckets": 7, "subdir": "validation",
+        "reset_every": None, "reset_batches": 20, "reset_batch_size": 32, "reset_groups": None,
+    }
     json.dumps(config)  # plain values only
     rebuilt = WeightDiffCallback.from_config(config)
     assert type(rebuilt) is WeightDiffCallback and rebuilt.get_config() == config
