@@ -232,3 +232,36 @@ def test_readme_screenshot_script_runs(planted, tmp_path):
     for name in ("tab-verdicts.png", "tab-detail.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10000, name
+
+
+def test_reset_column_sorts_and_explains(tmp_path, tensorboard_process, page):
+    from logdirs import write_reset_logdir
+
+    logdir = tmp_path / "logs"
+    final = write_reset_logdir(logdir)
+    server = tensorboard_process(logdir)
+    server.wait_for(lambda j: len(j["runs"]) == 1, "/data/plugin/tb_weightdiff/runs")
+    frame = _open_tab(page, server, [])
+    run = frame.locator('section.run[data-run="checked"]')
+    assert "Reset check at step 4" in run.locator(".reset-summary").inner_text()
+    header = run.locator("th.sortable")
+    assert header.inner_text().startswith("reset Δloss")
+    frozen = run.locator('tr.layer-row[data-layer="model/frozen"] td.reset')
+    assert frozen.inner_text().startswith("0 (0%)") and frozen.get_attribute("data-impact") == "robust"
+    order = lambda: run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
+    assert order()[0] == "model/frozen"  # worst verdict first
+    header.click()
+    by_cost = sorted(final, key=lambda name: final[name]["loss_reset"] - final[name]["loss"], reverse=True)
+    assert order() == by_cost
+    assert "▾" in header.inner_text()
+    header.click()
+    assert order()[0] == "model/frozen"
+    # With thresholds that call every layer robust, a learning layer says what that means.
+    frame.locator('input[name="max_robust_reset"]').fill("0.999")
+    frame.locator('input[name="min_critical_reset"]').fill("1")
+    frame.locator("form.thresholds button[type=submit]").click()
+    note = run.locator('tr.layer-row[data-layer="model/first"] .reset-note')
+    note.wait_for()
+    assert "robust layer" in note.inner_text()
+    _screenshot(page, "tab-reset-check.png")
+    assert page.errors == []

@@ -25,6 +25,7 @@ class WeightDiffTab {
       thresholds: {},
       result: null,
       expanded: new Set(),
+      sort: 'verdict',  // or 'reset': by the loss a layer's reset costs
       selected: null,  // {run, tag}
       detail: null,
       selection: null,  // {a, b, comparison} as indices into detail.steps
@@ -122,8 +123,13 @@ class WeightDiffTab {
   drawRuns() {
     const result = this.state.result;
     if (!result) return;
-    const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded, selected: this.state.selected};
+    const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded,
+      selected: this.state.selected, sort: this.state.sort};
     const handlers = {
+      sortChanged: (sort) => {
+        this.state.sort = sort;
+        this.drawRuns();
+      },
       toggleLayer: (run, layer) => {
         const key = `${run}\u0000${layer}`;
         if (this.state.expanded.has(key)) this.state.expanded.delete(key); else this.state.expanded.add(key);

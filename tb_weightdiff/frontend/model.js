@@ -68,9 +68,25 @@ export function formatNumber(value) {
   return Number(value.toPrecision(3)).toString();
 }
 
-/** The layers of a run whose verdict passes the filter (order kept: worst first). */
-export function visibleLayers(run, verdictFilter) {
-  return run.layers.filter((layer) => verdictFilter.has(layer.verdict));
+/**
+ * The layers of a run whose verdict passes the filter, worst first (the
+ * server's order), or with `sort === 'reset'` by the loss their reset
+ * costs, largest first (layers without a reset check last, in verdict order).
+ */
+export function visibleLayers(run, verdictFilter, sort = 'verdict') {
+  const layers = run.layers.filter((layer) => verdictFilter.has(layer.verdict));
+  if (sort !== 'reset') return layers;
+  const cost = (layer) => (layer.reset && Number.isFinite(layer.reset.increase) ? layer.reset.increase : -Infinity);
+  return layers.map((layer, index) => ({layer, index}))
+    .sort((x, y) => (cost(y.layer) - cost(x.layer)) || (x.index - y.index))
+    .map((item) => item.layer);
+}
+
+/** A layer's reset cell: the loss increase and the share of what training gained it undoes. */
+export function resetText(reset) {
+  if (!reset) return '—';
+  const increase = reset.increase === null ? '—' : `${reset.increase > 0 ? '+' : ''}${formatNumber(reset.increase)}`;
+  return reset.undone === null || reset.undone === undefined ? increase : `${increase} (${Math.round(100 * reset.undone)}%)`;
 }
 
 /**

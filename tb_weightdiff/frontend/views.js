@@ -4,7 +4,7 @@
 
 import {el} from './dom.js';
 import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
-import {formatNumber, verdictLabel, visibleLayers} from './model.js';
+import {formatNumber, resetText, verdictLabel, visibleLayers} from './model.js';
 
 /** A coloured verdict badge. */
 export function badge(verdict) {
@@ -93,9 +93,20 @@ function scoreCells(entry) {
   ];
 }
 
-/** Why: the reason, and for a flagged verdict what usually causes it. */
+/** Why: the reason, for a flagged verdict what usually causes it, and what a telling reset check means. */
 function whyCell(entry) {
-  return el('td', {class: 'reason'}, [entry.reason, entry.hint ? el('div', {class: 'hint', text: entry.hint}) : null]);
+  return el('td', {class: 'reason'}, [entry.reason, entry.hint ? el('div', {class: 'hint', text: entry.hint}) : null,
+    entry.reset_note ? el('div', {class: 'reset-note', text: entry.reset_note}) : null]);
+}
+
+/** The reset check's cell of a layer: loss increase with the layer reset, share undone, impact. */
+function resetCell(reset) {
+  if (!reset) return el('td', {class: 'number reset', text: '—'});
+  const metrics = Object.entries(reset.metrics || {}).map(([name, m]) => `${name} ${formatNumber(m.trained)} → ${formatNumber(m.reset)}`);
+  const title = [`loss ${formatNumber(reset.loss)} as trained → ${formatNumber(reset.loss_reset)} with ${reset.block ? 'the block' : 'the layer'} `
+    + `reset (${formatNumber(reset.loss_initial)} before training), step ${reset.step}`, ...metrics].join('; ');
+  return el('td', {class: `number reset${reset.impact ? ` impact-${reset.impact}` : ''}`, title, dataset: {impact: reset.impact || ''}},
+    [resetText(reset), reset.impact ? el('span', {class: 'impact', text: ` ${reset.impact}`}) : null]);
 }
 
 /**
@@ -105,12 +116,18 @@ function whyCell(entry) {
  * @param {Object<string, function>} on handlers: toggleLayer(run, layer), openVariable(run, tag)
  */
 export function runSection(run, view, on) {
-  const layers = visibleLayers(run, view.verdictFilter);
+  const checked = Boolean(run.reset_check);
+  const layers = visibleLayers(run, view.verdictFilter, checked ? view.sort : 'verdict');
+  const check = run.reset_check;
   const counts = view.verdicts.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${verdictLabel(v)}`);
   const section = el('section', {class: 'run', dataset: {run: run.run}}, [
     el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
       el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'tb_weightdiff summaries' : 'plain histograms'})]),
     el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`}),
+    checked ? el('p', {class: 'reset-summary', text: `Reset check at step ${check.step}: loss ${formatNumber(check.loss)} as trained, `
+      + `${formatNumber(check.loss_initial)} with every layer back at its initial weights; ${check.batches} batches (${check.examples} examples), `
+      + `${check.seconds_per_group === null ? 'no layer evaluated' : `${formatNumber(check.seconds_per_group)} s per layer`}. `
+      + 'Robust: resetting it undoes little of what training gained; critical: most of it.'}) : null,
     (run.findings || []).length ? el('ul', {class: 'findings'}, run.findings.map((finding) => el('li', {text: finding.message, dataset: {kind: finding.kind}}))) : null,
     run.warnings.length ? el('ul', {class: 'warnings'}, run.warnings.map((warning) => el('li', {text: warning}))) : null,
   ]);
@@ -122,6 +139,9 @@ export function runSection(run, view, on) {
     el('th', {text: 'shift'}), el('th', {text: 'cosine dist.'}),
     el('th', {text: 'per-step shift'}),
     el('th', {text: 'settled at', title: 'the step after which its per-step shift stayed below a fraction of its peak'}),
+    checked ? el('th', {class: `sortable${view.sort === 'reset' ? ' sorted' : ''}`, text: view.sort === 'reset' ? 'reset Δloss ▾' : 'reset Δloss',
+      title: 'the loss increase with the layer put back to its initial weights, and the share of what training gained it undoes; click to sort',
+      onclick: () => on.sortChanged(view.sort === 'reset' ? 'verdict' : 'reset')}) : null,
     el('th', {text: 'why'}),
   ])]));
   const body = el('tbody');
@@ -131,7 +151,7 @@ export function runSection(run, view, on) {
     body.appendChild(el('tr', {class: 'layer-row', dataset: {layer: layer.name, verdict: layer.verdict},
       onclick: () => on.toggleLayer(run.run, layer.name)}, [
       el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
-      verdictCell(layer), ...scoreCells(layer), whyCell(layer),
+      verdictCell(layer), ...scoreCells(layer), checked ? resetCell(layer.reset) : null, whyCell(layer),
     ]));
     if (!open) continue;
     for (const variable of layer.variables) {
@@ -139,12 +159,12 @@ export function runSection(run, view, on) {
       body.appendChild(el('tr', {class: `variable-row${selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
         title: 'show this variable', onclick: () => on.openVariable(run.run, variable.tag)}, [
         el('td', {class: 'name variable-name', text: variable.name + (variable.trainable === false ? ' (not trainable)' : '')}),
-        verdictCell(variable), ...scoreCells(variable), whyCell(variable),
+        verdictCell(variable), ...scoreCells(variable), checked ? el('td') : null, whyCell(variable),
       ]));
     }
   }
   if (!layers.length) {
-    body.appendChild(el('tr', {}, [el('td', {colspan: 9, class: 'muted', text: 'No layer passes the verdict filter.'})]));
+    body.appendChild(el('tr', {}, [el('td', {colspan: checked ? 10 : 9, class: 'muted', text: 'No layer passes the verdict filter.'})]));
   }
   table.appendChild(body);
   section.appendChild(table);
