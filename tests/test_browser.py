@@ -265,3 +265,51 @@ def test_reset_column_sorts_and_explains(tmp_path, tensorboard_process, page):
     assert "robust layer" in note.inner_text()
     _screenshot(page, "tab-reset-check.png")
     assert page.errors == []
+
+
+def _write_wide_run(logdir, blocks=250, steps=6):
+    """A transformer-sized run: `blocks` x 8 weight tensors (2,000 series), tags as Hugging Face names them."""
+    from tb_weightdiff import events
+
+    rng = np.random.default_rng(5)
+    names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm"]
+    writer = events.create_writer(logdir / "wide")
+    start = {(b, n): rng.standard_normal(16).astype(np.float32) for b in range(blocks) for n in names}
+    for step in range(steps):
+        for (block, name), initial in start.items():
+            value = initial + np.float32(0.01 * step) * rng.standard_normal(16).astype(np.float32)
+            events.write_weights(writer, "model.layers.%d.%s.weight" % (block, name), value, step, reference=initial,
+                                 trainable=True, layer_type="LlamaRMSNorm" if name == "input_layernorm" else "Linear")
+    writer.close()
+
+
+def test_a_2000_series_run_draws_without_errors_and_filters_by_name(tmp_path, tensorboard_process, page):
+    logdir = tmp_path / "logs"
+    _write_wide_run(logdir)
+    server = tensorboard_process(logdir)
+    server.wait_for(lambda j: len(j["runs"]) == 1 and len(j["runs"][0]["tags"]) == 2000, "/data/plugin/tb_weightdiff/runs")
+    frame = _open_tab(page, server, [])
+    run = frame.locator('section.run[data-run="wide"]')
+    assert run.locator("tr.layer-row").count() == 2000
+    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 2000 * 5  # ~10^4 values, no RangeError
+    box = frame.locator('input[name="layer-filter"]')
+    box.fill(r"layers\.17\.")
+    names = run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
+    assert len(names) == 8 and all(name.startswith("model.layers.17.") for name in names)
+    assert "showing 8 of 2000" in run.locator(".run-summary").inner_text()
+    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 8 * 5  # the heatmap follows the filter
+    # Kept in the tab's URL hash: a reloaded tab keeps it.
+    assert "#layers=" in frame.url
+    frame.goto(frame.url)
+    frame.wait_for_selector("section.run table.layers tr.layer-row")
+    assert frame.locator('input[name="layer-filter"]').input_value() == r"layers\.17\."
+    assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 8
+    # Text that is no regular expression is matched as it is, and the box says so.
+    box = frame.locator('input[name="layer-filter"]')
+    box.fill("layers.17.mlp.(")
+    assert "invalid" in box.get_attribute("class")
+    assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 0
+    box.fill("down_proj")
+    assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 250
+    assert page.errors == []

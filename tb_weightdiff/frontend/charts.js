@@ -3,7 +3,7 @@
 // draws, so no charting library is vendored (see the README).
 
 import {svg, tooltip} from './dom.js';
-import {density, densityDifference, formatNumber, sampleIndices} from './model.js';
+import {density, densityDifference, finiteRange, formatNumber, sampleIndices} from './model.js';
 
 // Okabe-Ito, a palette that colour-blind readers can tell apart.
 export const COLOURS = {
@@ -40,9 +40,9 @@ export function viridis(t) {
  * @return {{colour: function(?number): string, low: number, high: number}}
  */
 export function logColourScale(values) {
-  const positive = values.filter((v) => Number.isFinite(v) && v > 0);
-  let low = positive.length ? Math.min(...positive) : 1e-4;
-  let high = positive.length ? Math.max(...positive) : 1;
+  const range = finiteRange(values, (v) => v > 0);
+  let low = range ? range.low : 1e-4;
+  let high = range ? range.high : 1;
   if (high / low < 10) {
     low = Math.min(low, high / 10);
   }
@@ -61,7 +61,7 @@ export function sparkline(values, {width = 120, height = 24} = {}) {
   const points = values.map((v, i) => [i, v]).filter(([, v]) => Number.isFinite(v));
   const root = svg('svg', {width, height, class: 'sparkline', viewBox: `0 0 ${width} ${height}`});
   if (points.length < 2) return root;
-  const max = Math.max(...points.map(([, v]) => v)) || 1;
+  const max = finiteRange(points.map(([, v]) => v)).high || 1;
   const n = Math.max(1, values.length - 1);
   const coordinates = points.map(([i, v]) => `${((i / n) * (width - 2) + 1).toFixed(1)},${(height - 2 - (v / max) * (height - 4)).toFixed(1)}`);
   root.appendChild(svg('polyline', {points: coordinates.join(' '), fill: 'none', stroke: COLOURS.line, 'stroke-width': 1.5}));
@@ -190,7 +190,7 @@ export function overlay(bucketsA, bucketsB, {stepA, stepB}) {
   const b = density(bucketsB);
   const [low, high] = extent([a, b]);
   const x = linearScale(low, high, 40, width - 28);
-  const peak = Math.max(1e-300, ...a.pieces.map((p) => p.density), ...b.pieces.map((p) => p.density));
+  const peak = Math.max(1e-300, finiteRange([...a.pieces, ...b.pieces].map((p) => p.density))?.high ?? 0);
   const y = linearScale(0, peak * 1.05, top - 10, 14);
   const root = svg('svg', {width, height, class: 'overlay', role: 'img', dataset: {stepA: String(stepA), stepB: String(stepB)}});
   for (const [d, colour, name, step] of [[a, COLOURS.a, 'A', stepA], [b, COLOURS.b, 'B', stepB]]) {
@@ -205,7 +205,7 @@ export function overlay(bucketsA, bucketsB, {stepA, stepB}) {
 
   // The difference panel: where B has more mass than A (up) or less (down).
   const difference = densityDifference(a, b);
-  const magnitude = Math.max(1e-300, ...difference.map((piece) => Math.abs(piece.value)));
+  const magnitude = Math.max(1e-300, finiteRange(difference.map((piece) => Math.abs(piece.value)))?.high ?? 0);
   const middle = top + 20 + diffHeight / 2;
   const dy = linearScale(0, magnitude, 0, diffHeight / 2 - 4);
   root.appendChild(svg('text', {x: 44, y: top + 16, class: 'axis-label', text: 'density of B minus A'}));
@@ -235,7 +235,7 @@ export function ridgeline(steps, histograms, {stepA, stepB} = {}) {
   const overlap = 2.2;
   const height = ridge * indices.length + ridge * overlap + 30;
   const x = linearScale(low, high, 60, width - 28);
-  const peak = Math.max(1e-300, ...densities.flatMap((d) => d.pieces.map((p) => p.density)));
+  const peak = Math.max(1e-300, finiteRange(densities.flatMap((d) => d.pieces.map((p) => p.density)))?.high ?? 0);
   const root = svg('svg', {width, height, class: 'ridgeline', role: 'img'});
   indices.forEach((index, row) => {
     const base = ridge * overlap + ridge * row + 10;
@@ -268,7 +268,7 @@ export function scoreChart(title, steps, values, {width = 300, height = 120} = {
     root.appendChild(svg('text', {x: 4, y: 40, class: 'axis-label', text: 'no data'}));
     return root;
   }
-  const high = Math.max(...finite) || 1;
+  const high = finiteRange(finite).high || 1;
   const x = linearScale(steps[0], steps[steps.length - 1], 44, width - 8);
   const y = linearScale(0, high, height - 20, 20);
   let path = '';

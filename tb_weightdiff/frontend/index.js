@@ -26,6 +26,7 @@ class WeightDiffTab {
       result: null,
       expanded: new Set(),
       sort: 'verdict',  // or 'reset': by the loss a layer's reset costs
+      nameFilter: nameFilterFromHash(window.location.hash),  // kept in the tab's URL hash
       selected: null,  // {run, tag}
       detail: null,
       selection: null,  // {a, b, comparison} as indices into detail.steps
@@ -39,6 +40,12 @@ class WeightDiffTab {
       runsChanged: (run, checked) => {
         if (checked) this.state.deselected.delete(run); else this.state.deselected.add(run);
         this.refresh();
+      },
+      nameFilterChanged: (pattern) => {
+        this.state.nameFilter = pattern;
+        const hash = pattern ? `#layers=${encodeURIComponent(pattern)}` : '';
+        window.history.replaceState(null, '', window.location.pathname + window.location.search + hash);
+        this.drawRuns();
       },
       filterChanged: (verdict, checked) => {
         if (checked) this.state.verdictFilter.add(verdict); else this.state.verdictFilter.delete(verdict);
@@ -124,7 +131,7 @@ class WeightDiffTab {
     const result = this.state.result;
     if (!result) return;
     const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded,
-      selected: this.state.selected, sort: this.state.sort};
+      selected: this.state.selected, sort: this.state.sort, nameFilter: this.state.nameFilter};
     const handlers = {
       sortChanged: (sort) => {
         this.state.sort = sort;
@@ -223,6 +230,17 @@ class WeightDiffTab {
     document.body.appendChild(link);
     link.click();
     link.remove();
+  }
+}
+
+/** The name filter a URL hash holds (`#layers=<pattern>`), or ''. */
+export function nameFilterFromHash(hash) {
+  const found = /(?:^#|&)layers=([^&]*)/.exec(hash || '');
+  if (!found) return '';
+  try {
+    return decodeURIComponent(found[1]);
+  } catch (error) {
+    return '';
   }
 }
 

@@ -4,7 +4,7 @@
 
 import {el} from './dom.js';
 import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
-import {formatNumber, resetText, verdictLabel, visibleLayers} from './model.js';
+import {formatNumber, nameMatcher, resetText, validPattern, verdictLabel, visibleLayers} from './model.js';
 
 /** A coloured verdict badge. */
 export function badge(verdict) {
@@ -14,10 +14,18 @@ export function badge(verdict) {
 /**
  * The control bar. Built once; `update*` functions refresh its changing parts.
  * @param {Object} state holds `contract` (the ./contract answer: verdicts, thresholds)
- * @param {Object<string, function>} on handlers: runsChanged, filterChanged,
+ * @param {Object<string, function>} on handlers: runsChanged, filterChanged, nameFilterChanged,
  *   thresholdsChanged, autoRefreshChanged, refreshNow, exportCsv, exportJson
  */
 export function controls(state, on) {
+  const nameFilter = el('input', {type: 'search', name: 'layer-filter', class: 'layer-filter', size: 28,
+    placeholder: 'filter layers (regex)', value: state.nameFilter || '', 'aria-label': 'filter layers by name',
+    title: 'a regular expression, case-insensitive, as in TensorBoard\'s tag filter',
+    oninput: (event) => {
+      event.target.classList.toggle('invalid', !validPattern(event.target.value));
+      on.nameFilterChanged(event.target.value);
+    }});
+  nameFilter.classList.toggle('invalid', !validPattern(nameFilter.value));
   const runList = el('div', {class: 'run-list', role: 'group', 'aria-label': 'runs'});
   const filter = el('div', {class: 'verdict-filter', role: 'group', 'aria-label': 'verdicts'},
     state.contract.verdicts.map((verdict) => el('label', {class: 'chip'}, [
@@ -49,6 +57,7 @@ export function controls(state, on) {
   const bar = el('div', {class: 'controls'}, [
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Runs'}), runList]),
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Verdicts'}), filter]),
+    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Layers'}), nameFilter]),
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Thresholds'}), thresholdForm]),
     el('div', {class: 'control-group'}, [
       el('label', {}, [autoRefresh, ' auto-refresh every ']), interval,
@@ -117,13 +126,14 @@ function resetCell(reset) {
  */
 export function runSection(run, view, on) {
   const checked = Boolean(run.reset_check);
-  const layers = visibleLayers(run, view.verdictFilter, checked ? view.sort : 'verdict');
+  const layers = visibleLayers(run, view.verdictFilter, checked ? view.sort : 'verdict', nameMatcher(view.nameFilter));
   const check = run.reset_check;
   const counts = view.verdicts.filter((v) => run.verdict_counts && run.verdict_counts[v]).map((v) => `${run.verdict_counts[v]} ${verdictLabel(v)}`);
   const section = el('section', {class: 'run', dataset: {run: run.run}}, [
     el('h2', {}, [el('span', {class: 'run-name', text: run.run}),
       el('span', {class: 'source', text: run.source === 'tb_weightdiff' ? 'tb_weightdiff summaries' : 'plain histograms'})]),
-    el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`}),
+    el('p', {class: 'run-summary', text: `${run.steps.length} logged steps (baseline ${run.baseline_step}); layers: ${counts.join(', ') || 'none'}`
+      + (layers.length < run.layers.length ? `; showing ${layers.length} of ${run.layers.length}` : '')}),
     checked ? el('p', {class: 'reset-summary', text: `Reset check at step ${check.step}: loss ${formatNumber(check.loss)} as trained, `
       + `${formatNumber(check.loss_initial)} with every layer back at its initial weights; ${check.batches} batches (${check.examples} examples), `
       + `${check.seconds_per_group === null ? 'no layer evaluated' : `${formatNumber(check.seconds_per_group)} s per layer`}. `
@@ -164,7 +174,7 @@ export function runSection(run, view, on) {
     }
   }
   if (!layers.length) {
-    body.appendChild(el('tr', {}, [el('td', {colspan: checked ? 10 : 9, class: 'muted', text: 'No layer passes the verdict filter.'})]));
+    body.appendChild(el('tr', {}, [el('td', {colspan: checked ? 10 : 9, class: 'muted', text: 'No layer passes the filters.'})]));
   }
   table.appendChild(body);
   section.appendChild(table);
