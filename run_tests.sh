@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
+STARTED=$SECONDS
+elapsed() { echo "($((SECONDS - STARTED)) s since run_tests.sh started)"; }
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
   || { echo "run_tests.sh: Python 3.10+ is needed ($PYTHON is older)" >&2; exit 2; }
 
@@ -40,11 +42,12 @@ WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
 # Keras callback under KERAS_BACKEND=jax (tests/test_keras_backends.py runs all three backends).
 .venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,lightning,test]" tensorboardX "jax==${JAX_VERSION:-0.10.2}"
 
-echo "== tests with TensorFlow (installed wheel: $WHEEL) =="
+echo "== tests with TensorFlow (installed wheel: $WHEEL) $(elapsed) =="
 TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider "$@"
 
 "$PYTHON" -m venv .venv-notf
 .venv-notf/bin/python -m pip install -q --upgrade pip
 .venv-notf/bin/python -m pip install -q "$WHEEL[test]"
-echo "== tests without TensorFlow =="
+echo "== tests without TensorFlow $(elapsed) =="
 TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider "$@"
+echo "== all tests passed $(elapsed) =="

@@ -18,7 +18,6 @@ between repeats (both sides see the same tensors); no training is timed.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -28,14 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 BENCH = "7 torch write"
-
-
-def _demo_module():
-    path = os.path.join(common.ROOT, "demo", "train_cifar10_torch.py")
-    spec = importlib.util.spec_from_file_location("train_cifar10_torch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def wide_mlp(width=4096, inputs=1024):
@@ -112,7 +103,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory(prefix="tbwd_bench_torch_") as tmp:
         print("== CIFAR10 CNN (PyTorch), %d repeats" % repeats, flush=True)
-        rows.extend(measure("CIFAR10 CNN", _demo_module().build_model(), repeats, os.path.join(tmp, "cnn")))
+        rows.extend(measure("CIFAR10 CNN", common.load_demo("train_cifar10_torch").build_model(), repeats, os.path.join(tmp, "cnn")))
         if with_mlp:
             print("== wide MLP (PyTorch), %d repeats" % repeats, flush=True)
             rows.extend(measure("wide MLP", wide_mlp(), repeats, os.path.join(tmp, "mlp")))

@@ -23,7 +23,6 @@ epoch-end cost matters.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -36,16 +35,8 @@ import common  # noqa: E402
 BENCH = "1 write"
 
 
-def _demo_module():
-    path = os.path.join(common.ROOT, "demo", "train_cifar10.py")
-    spec = importlib.util.spec_from_file_location("train_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def cnn(samples):
-    demo = _demo_module()
+    demo = common.load_demo("train_cifar10")
     import keras  # pylint: disable=import-outside-toplevel
 
     keras.utils.set_random_seed(0)

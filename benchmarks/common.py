@@ -48,6 +48,16 @@ def add_common_arguments(parser):
     parser.add_argument("--rows-out", default=None, help="append the result rows to this file, one JSON object a line")
 
 
+def load_demo(name):
+    """The demo module `demo/<name>.py` (its models and data), imported from the checkout."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "demo", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def have_module(name):
     import importlib.util  # pylint: disable=import-outside-toplevel
 

@@ -15,6 +15,7 @@
 | 5 | bench_memory.py | the callback's host memory; TensorBoard's peak RSS | the trainable parameters; TensorBoard serving the Histograms route |
 | 6 | bench_cli.py | `tb-weightdiff report` wall time and peak memory | (loading and listing the logdir) |
 | 7 | bench_torch_write.py | `WeightDiffLogger.log` (PyTorch) | the `add_histogram` loop over every parameter |
+| 8 | bench_reset.py | the reset check, per layer (Keras, PyTorch) | one plain evaluation of the same batches |
 
 Each script runs in its own process (TensorFlow, TensorBoard and Chromium
 come and go with it) and can be run alone. Benchmarks that need TensorFlow,
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "5": "bench_memory.py",
     "6": "bench_cli.py",
     "7": "bench_torch_write.py",
+    "8": "bench_reset.py",
 }
 
 

@@ -10,6 +10,9 @@ Two runs land in one logdir, a subdirectory each:
 Each run logs with both Keras's own `TensorBoard(histogram_freq=1)`, as the
 tutorial does, and `WeightDiffCallback`, so the tab shows what each source
 knows (Keras's histograms have no epoch-0 baseline and no distance from it).
+When training ends the callback also runs the reset check on the validation
+images: each layer in turn back at its initial weights, the loss measured,
+the layer restored. The frozen convolution's reset costs exactly 0.
 
 Data: `keras.datasets.cifar10.load_data()`, which downloads CIFAR10 once.
 Where that is impossible (no internet), `--synthetic`, or the automatic
@@ -113,6 +116,7 @@ def train_run(name, logdir, x, y, epochs, frozen_layer=None, seed=0):
     model = build_model(frozen_layer)
     print("\n== run %r%s ==" % (name, " (layer %s frozen)" % frozen_layer if frozen_layer else ""), flush=True)
     started = time.monotonic()
+    split = int(len(x) * 0.8)  # validation_split=0.2 holds out the last fifth
     model.fit(
         x,
         y,
@@ -122,7 +126,8 @@ def train_run(name, logdir, x, y, epochs, frozen_layer=None, seed=0):
         verbose=2,
         callbacks=[
             keras.callbacks.TensorBoard(log_dir=run_dir, histogram_freq=1),
-            WeightDiffCallback(run_dir),
+            # The reset check on (at most) 20 batches of 250 held-out images.
+            WeightDiffCallback(run_dir, reset_check=(x[split:], y[split:]), reset_batch_size=250),
         ],
     )
     print("run %r: %.1f s" % (name, time.monotonic() - started), flush=True)

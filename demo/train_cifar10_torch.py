@@ -141,6 +141,14 @@ def train_run(name, logdir, x, y, epochs, frozen_layer=None, seed=0, batch_size=
                 writer.add_histogram(parameter_name + "/histogram", parameter, epoch)
             weights.log(epoch + 1)
             print("epoch %d/%d: loss %.4f, val_accuracy %.4f" % (epoch + 1, epochs, float(loss), accuracy), flush=True)
+        # The reset check on (at most) 20 batches of 250 held-out images: each layer back at
+        # its initial weights, the loss measured, the layer restored.
+        if len(valid_x):
+            checked = time.monotonic()
+            held_out = [(valid_x[i : i + batch_size], valid_y[i : i + batch_size]) for i in range(0, len(valid_x), batch_size)]
+            accuracy_of = {"accuracy": lambda out, target: (out.argmax(1) == target).float().mean()}
+            weights.reset_check(held_out, torch.nn.CrossEntropyLoss(), metrics=accuracy_of)
+            print("reset check: %.1f s" % (time.monotonic() - checked), flush=True)
     writer.close()
     print("run %r: %.1f s" % (name, time.monotonic() - started), flush=True)
 

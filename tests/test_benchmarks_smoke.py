@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.py")
 HAVE_BROWSER = os.path.exists("/usr/bin/chromium")
-BENCHMARKS = ("1 write", "2 summary op", "3 logdir", "4 render", "5 memory", "6 cli", "7 torch write")
+BENCHMARKS = ("1 write", "2 summary op", "3 logdir", "4 render", "5 memory", "6 cli", "7 torch write", "8 reset check")
 
 
 def _table_rows(stdout):

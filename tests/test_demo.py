@@ -50,6 +50,11 @@ def test_demo_writes_a_healthy_and_a_frozen_run(tmp_path):
         "sequential/dense_1": "learning",
     }
     assert set(verdicts["healthy/train"].values()) == {"learning"}
+    # The reset check on the held-out images: the frozen convolution's reset costs exactly 0.
+    resets = {run["run"]: {layer["name"]: layer["reset"] for layer in run["layers"]} for run in judged["runs"]}
+    assert resets["frozen_conv2d_1/train"]["sequential/conv2d_1"]["increase"] == 0.0
+    assert all(reset["examples"] == 120 for run in resets.values() for reset in run.values())
+    assert max(reset["increase"] for reset in resets["healthy/train"].values()) > 0
     # The demo ends with the CLI's verdict table, then the command that opens the tab.
     printed = result.stdout
     table = printed[printed.index("== verdicts"):printed.index("Now run:")]
@@ -77,6 +82,10 @@ def test_the_pytorch_demo_writes_the_same_two_runs(tmp_path):
         "conv2d": "learning", "conv2d_1": "frozen", "dense": "learning", "dense_1": "learning",
     }
     assert set(verdicts["healthy"].values()) == {"learning"}
+    assert runs["frozen_conv2d_1"]["layers"][0]["reset"] is not None
+    resets = {name: {layer["name"]: layer["reset"] for layer in run["layers"]} for name, run in runs.items()}
+    assert resets["frozen_conv2d_1"]["conv2d_1"]["increase"] == 0.0
+    assert max(reset["increase"] for reset in resets["healthy"].values()) > 0
     assert all(run["steps"] == [0, 1, 2] and run["source"] == metadata.PLUGIN_NAME for run in runs.values())
     printed = result.stdout
     table = printed[printed.index("== verdicts"):printed.index("Now run:")]
