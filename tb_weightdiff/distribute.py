@@ -7,7 +7,7 @@ plugin side too; `strategy_of(model)` imports TensorFlow only when a model
 carries no strategy of its own and TensorFlow is installed.
 """
 
-__all__ = ["is_chief", "strategy_of"]
+__all__ = ["is_chief", "is_multi_worker", "strategy_of"]
 
 
 def is_chief(strategy):
@@ -33,6 +33,12 @@ def is_chief(strategy):
     except Exception:  # pylint: disable=broad-except
         cluster = {}
     return "chief" not in cluster and int(getattr(resolver, "task_id", 0) or 0) == 0
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several processes (a cluster with a task type)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is not None and bool(getattr(resolver, "task_type", None))
 
 
 def strategy_of(model):

@@ -83,7 +83,9 @@ class WeightDiffCallback(keras.callbacks.Callback):
 
     A failure while logging (a full disk, say) never stops training: it is
     logged as a warning once and logging stops. Under a multi-worker
-    `tf.distribute` strategy only the chief writes.
+    `tf.distribute` strategy only the chief writes, and the reset check does
+    not run (a warning says so). After a reset check, `callback.last_reset`
+    holds `{layer: {"loss", "loss_reset", "loss_initial", "increase"}}`.
 
     The callback is registered with Keras as
     `"tb_weightdiff>WeightDiffCallback"`; `get_config()` returns its
@@ -368,9 +370,21 @@ class WeightDiffCallback(keras.callbacks.Callback):
         """Runs the reset check at `step`. Every process evaluates (under a multi-worker
         strategy `evaluate` is collective); the chief writes. A failure warns once and
         ends the checks, never training; the weights are restored before it is reported."""
-        if self.reset_check is None or self._reset_failed or self._failed or not self._reference:
+        if self.reset_check is None or self._reset_failed or self._failed:
             return
         self._last_checked_step = step
+        if distribute.is_multi_worker(distribute.strategy_of(self.model)):
+            # `evaluate` is collective there, and only the chief keeps a reference: every
+            # worker would have to hold one and swap in step, or the job would hang.
+            self._reset_failed = True
+            logger.warning(
+                "WeightDiffCallback: the reset check does not run under a multi-worker strategy "
+                "(evaluate is collective there, and only the chief keeps the weights from before "
+                "training); the weights are logged as usual"
+            )
+            return
+        if not self._reference:
+            return
         try:
             x, y, sample_weight, batch_size, batches, examples = self._reset_batches()
             variables = {self._tag(v): v for v, _ in self._variables()}

@@ -4,6 +4,7 @@ import pytest
 
 from tb_weightdiff import distribute
 from tb_weightdiff.distribute import is_chief
+from tb_weightdiff.distribute import is_multi_worker
 from conftest import HAVE_TENSORFLOW
 from conftest import requires_tf
 
@@ -43,6 +44,8 @@ class _Strategy:
 def test_only_the_chief_writes(task_type, task_id, cluster, expected):
     assert is_chief(_Strategy(_Resolver(task_type, task_id, cluster))) is expected
     assert is_chief(object()) is True  # strategies without a cluster resolver
+    assert is_multi_worker(_Strategy(_Resolver(task_type, task_id, cluster))) is bool(task_type)
+    assert is_multi_worker(object()) is False
 
 
 @requires_tf

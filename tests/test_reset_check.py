@@ -266,6 +266,24 @@ def test_keras_reset_check_failure_never_stops_training(tmp_path, caplog):
         WeightDiffCallback(tmp_path, reset_check=(x, y), reset_every=0)
 
 
+@requires_tf
+def test_keras_reset_check_does_not_run_under_a_multi_worker_strategy(tmp_path, caplog, monkeypatch):
+    import keras
+
+    from tb_weightdiff import distribute
+    from tb_weightdiff.keras import WeightDiffCallback
+
+    # Every worker would have to evaluate (collective) with a reference only the chief keeps.
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
+    x, y = _keras_data()
+    callback = WeightDiffCallback(tmp_path, reset_check=(x, y), reset_every=1)
+    with caplog.at_level(logging.WARNING):
+        _keras_model(keras).fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    assert caplog.text.count("does not run under a multi-worker strategy") == 1
+    run, _ = _layers(_judged(tmp_path))
+    assert run["reset_check"] is None and run["steps"] == [0, 1, 2]
+
+
 # -- PyTorch and Lightning, on a real training -------------------------------------------
 
 
