@@ -144,7 +144,10 @@ def _parse_verdicts(args):
 
 
 def _parse_variable(args):
-    return {"run": _parameter(args, "run"), "tag": _parameter(args, "tag"), "thresholds": thresholds_from_args(args)}
+    return {
+        "run": _parameter(args, "run"), "tag": _parameter(args, "tag"), "thresholds": thresholds_from_args(args),
+        "output": _format_from_args(args),
+    }
 
 
 def _parse_compare(args):
@@ -245,12 +248,14 @@ def _judged_variable(run_entry, tag):
     return None
 
 
-def variable_impl(logdir, run_verdicts, run, tag, thresholds):
+def variable_impl(logdir, run_verdicts, run, tag, thresholds, output="json"):
     """One variable's detail: per-step histograms (and quantiles, stats) plus its scores.
 
     Enough to draw an A/B overlay, a ridgeline and the scores over steps. The
     scores are its row of the run's verdicts (they depend on the run's other
-    layers, so the run is judged, or its cached verdicts used).
+    layers, so the run is judged, or its cached verdicts used). With
+    `output="csv"`: the histograms, quantiles and statistics as CSV
+    (`verdicts.variable_to_csv`), what the detail's export downloads.
     """
     series = judge.read_variable(logdir, run, tag)
     run_entry = run_verdicts.entry(logdir, run, thresholds)
@@ -277,6 +282,8 @@ def variable_impl(logdir, run_verdicts, run, tag, thresholds):
             for name in metadata.STAT_FIELDS
             if name != "fingerprint"
         }
+    if output == "csv":
+        return verdicts.variable_to_csv(body).encode("utf-8")
     return verdicts.strict(body)
 
 

@@ -858,3 +858,33 @@ def to_csv(result):
                 )
                 writer.writerow([_csv_cell(record.get(column)) for column in CSV_COLUMNS])
     return out.getvalue()
+
+
+# One variable's data, as the detail's export gives it: long form, one value a row.
+VARIABLE_CSV_COLUMNS = ("run", "tag", "source", "step", "kind", "key", "left", "right", "value")
+
+
+def variable_to_csv(detail):
+    """A variable's detail (the /variable answer) as CSV, `VARIABLE_CSV_COLUMNS`.
+
+    Per step: a `stat` row per statistic (`key` its name), a `quantile` row
+    per probability (`key` the probability; our summaries only), and a
+    `bucket` row per histogram bucket (`key` its index, `left`, `right`, and
+    its count as `value`).
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(VARIABLE_CSV_COLUMNS)
+    base = [_csv_cell(detail["run"]), _csv_cell(detail["tag"]), detail["source"]]
+    stats = detail.get("stats") or {}
+    quantiles = detail.get("quantiles") or {}
+    for index, step in enumerate(detail["steps"]):
+        for name, values in stats.items():
+            writer.writerow(base + [step, "stat", name, "", "", _csv_cell(finite(values[index]))])
+        quantile_values = quantiles["values"][index] if quantiles.get("values") else []
+        for probability, value in zip(quantiles.get("probabilities", ()), quantile_values):
+            writer.writerow(base + [step, "quantile", repr(float(probability)), "", "", _csv_cell(finite(value))])
+        for bucket, (left, right, count) in enumerate(detail["histograms"][index]):
+            writer.writerow(base + [step, "bucket", bucket, _csv_cell(finite(left)), _csv_cell(finite(right)),
+                                    _csv_cell(finite(count))])
+    return out.getvalue()

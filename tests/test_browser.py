@@ -3,6 +3,7 @@
 Screenshots land in artifacts/ (or $TBWD_ARTIFACTS).
 """
 
+import json
 import os
 
 import numpy as np
@@ -101,6 +102,20 @@ def test_table_heatmap_overlay_slider_and_export(planted, tensorboard_process, p
     # The readout is in the unit of the table row: the variable's baseline std.
     assert "× its baseline's std" in frame.locator("section.detail .comparison").inner_text()
     _screenshot(page, "tab-detail.png")
+
+    # Export what the detail shows: the variable's histograms, quantiles and statistics.
+    with page.expect_download() as download_info:
+        frame.locator("button.export-variable-csv").click()
+    assert download_info.value.suggested_filename == "weightdiff-planted-model_dense_kernel.csv"
+    variable_csv = open(download_info.value.path(), encoding="utf-8").read()
+    status, _, body = server.get("/data/plugin/tb_weightdiff/variable?run=planted&tag=model/dense/kernel&format=csv")
+    assert status == 200 and body.decode("utf-8") == variable_csv
+    assert variable_csv.splitlines()[0] == ",".join(verdicts.VARIABLE_CSV_COLUMNS)
+    with page.expect_download() as download_info:
+        frame.locator("button.export-variable-json").click()
+    exported = json.loads(open(download_info.value.path(), encoding="utf-8").read())
+    assert exported["tag"] == "model/dense/kernel" and len(exported["histograms"]) == 6
+    assert len(exported["quantiles"]["values"][5]) == 65
 
     # Export the verdict table.
     with page.expect_download() as download_info:

@@ -132,6 +132,35 @@ def test_variable_detail_of_our_summaries(client):
     assert body["caveats"] == []
 
 
+def test_variable_export_as_csv_holds_what_the_detail_shows(client):
+    import csv
+    import io
+
+    detail = _json(client.get(PREFIX + "/variable?run=planted&tag=model/dense/kernel"))
+    response = client.get(PREFIX + "/variable?run=planted&tag=model/dense/kernel&format=csv")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert tuple(rows[0]) == verdicts.VARIABLE_CSV_COLUMNS
+    by_kind = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row)
+    assert len(by_kind["bucket"]) == 6 * 30 and len(by_kind["quantile"]) == 6 * 65
+    assert len(by_kind["stat"]) == 6 * len(detail["stats"])
+    last = [r for r in by_kind["bucket"] if r["step"] == "5"]
+    assert [float(r["value"]) for r in last] == [bucket[2] for bucket in detail["histograms"][5]]
+    assert [float(r["left"]) for r in last] == [bucket[0] for bucket in detail["histograms"][5]]
+    change = next(r for r in by_kind["stat"] if r["step"] == "5" and r["key"] == "relative_change")
+    assert float(change["value"]) == detail["stats"]["relative_change"][5]
+    median = next(r for r in by_kind["quantile"] if r["step"] == "5" and r["key"] == "0.5")
+    assert float(median["value"]) == detail["quantiles"]["values"][5][32]
+    # Plain histograms: only their buckets; a bad format is a 400 with a message.
+    plain = client.get(PREFIX + "/variable?run=keras_like/train&tag=sequential/frozen/kernel/histogram&format=csv")
+    kinds = {row["kind"] for row in csv.DictReader(io.StringIO(plain.get_data(as_text=True)))}
+    assert kinds == {"bucket"}
+    bad = client.get(PREFIX + "/variable?run=planted&tag=model/dense/kernel&format=xml")
+    assert bad.status_code == 400 and "format must be one of" in bad.get_data(as_text=True)
+
+
 def test_variable_detail_of_plain_histograms_names_what_they_cannot_tell(client):
     body = _json(client.get(PREFIX + "/variable?run=keras_like/train&tag=sequential/frozen/kernel/histogram"))
     assert body["source"] == "histograms"

@@ -187,6 +187,8 @@ class WeightDiffTab {
     this.state.selection = {a, b, comparison};
     const draw = () => this.detailBox.replaceChildren(detailPanel(detail, this.state.selection, {
       select: (newA, newB) => this.select(newA, newB),
+      exportCsv: () => this.exportVariableCsv(detail),
+      exportJson: () => this.download(`${fileStem(detail)}.json`, 'application/json', JSON.stringify(detail, null, 2)),
       close: () => {
         this.state.selected = null;
         this.state.detail = null;
@@ -225,12 +227,27 @@ class WeightDiffTab {
     }
   }
 
+  /** One variable's histograms, quantiles and statistics as CSV (the plugin writes it). */
+  async exportVariableCsv(detail) {
+    const route = './variable' + query({run: detail.run, tag: detail.tag, ...this.thresholdParameters(), format: 'csv'});
+    try {
+      this.download(`${fileStem(detail)}.csv`, 'text/csv', await fetchText(route));
+    } catch (error) {
+      this.message.replaceChildren(el('p', {class: 'error', text: `Could not export CSV: ${error.message}`}));
+    }
+  }
+
   download(filename, type, text) {
     const link = el('a', {href: URL.createObjectURL(new Blob([text], {type})), download: filename});
     document.body.appendChild(link);
     link.click();
     link.remove();
   }
+}
+
+/** A file name for a variable's export: its run and tag, with anything but letters, digits, `.`, `_` and `-` as `_`. */
+function fileStem(detail) {
+  return `weightdiff-${detail.run}-${detail.tag}`.replace(/[^A-Za-z0-9._-]+/g, '_');
 }
 
 /** The name filter a URL hash holds (`#layers=<pattern>`), or ''. */

@@ -195,7 +195,7 @@ export function runSection(run, view, on) {
  * The detail of one variable: A/B overlay with sliders, ridgeline, scores over steps.
  * @param {Object} detail the /variable answer
  * @param {{a: number, b: number, comparison: ?Object}} selection indices into detail.steps
- * @param {Object<string, function>} on handlers: select(a, b), close()
+ * @param {Object<string, function>} on handlers: select(a, b), close(), exportCsv(), exportJson()
  */
 export function detailPanel(detail, selection, on) {
   const steps = detail.steps;
@@ -210,7 +210,12 @@ export function detailPanel(detail, selection, on) {
   const panel = el('section', {class: 'detail', dataset: {run: detail.run, tag: detail.tag}}, [
     el('div', {class: 'detail-head'}, [
       el('h2', {}, [el('span', {text: detail.tag}), el('span', {class: 'muted', text: `  in run ${detail.run}`})]),
-      el('button', {type: 'button', class: 'close', text: 'Close', onclick: on.close}),
+      el('div', {}, [
+        el('button', {type: 'button', class: 'export-variable-csv', text: 'Export CSV',
+          title: 'histograms, quantiles and statistics of every logged step, one value a row', onclick: on.exportCsv}),
+        el('button', {type: 'button', class: 'export-variable-json', text: 'Export JSON', onclick: on.exportJson}),
+        el('button', {type: 'button', class: 'close', text: 'Close', onclick: on.close}),
+      ]),
     ]),
     el('p', {}, [scores.verdict ? badge(scores.verdict) : null, ' ', scores.reason || '']),
     scores.hint ? el('p', {class: 'hint', text: scores.hint}) : null,
