@@ -44,11 +44,11 @@ def _serve(logdir, tensorboard_process):
     return server
 
 
-def _open_tab(page, server, dialogs):
+def _open_tab(page, server, dialogs, rows="section.run table.layers tr.layer-row"):
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(server.url + "/#tb_weightdiff")
     frame = plugin_frame(page)
-    frame.wait_for_selector("section.run table.layers tr.layer-row")
+    frame.wait_for_selector(rows)
     return frame
 
 
@@ -299,19 +299,37 @@ def _write_wide_run(logdir, blocks=250, steps=6):
     writer.close()
 
 
-def test_a_2000_series_run_draws_without_errors_and_filters_by_name(tmp_path, tensorboard_process, page):
+def test_a_2000_series_run_draws_without_errors_groups_blocks_and_filters_by_name(tmp_path, tensorboard_process, page):
     logdir = tmp_path / "logs"
     _write_wide_run(logdir)
     server = tensorboard_process(logdir)
     server.wait_for(lambda j: len(j["runs"]) == 1 and len(j["runs"][0]["tags"]) == 2000, "/data/plugin/tb_weightdiff/runs")
-    frame = _open_tab(page, server, [])
+    frame = _open_tab(page, server, [], rows="section.run table.layers tr.group-row")
     run = frame.locator('section.run[data-run="wide"]')
+    # Grouped by block: one row (and one heatmap row) per transformer block, each with its worst verdict and counts.
+    groups = run.locator("tr.group-row")
+    assert groups.count() == 250 and run.locator("tr.layer-row").count() == 0
+    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 250 * 5
+    block = run.locator('tr.group-row[data-group="model.layers.17"]')
+    assert block.get_attribute("data-layers") == "8" and "8 learning" in block.inner_text()
+    block.click()
+    members = run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
+    assert len(members) == 8 and all(name.startswith("model.layers.17.") for name in members)
+    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == (249 + 8) * 5
+    _screenshot(page, "tab-wide-grouped.png")
+    run.locator('tr.group-row[data-group="model.layers.17"]').click()
+    assert run.locator("tr.layer-row").count() == 0
+    # Ungrouped: every one of the 2,000 layers, ~10^4 heatmap values (no RangeError).
+    frame.locator('input[name="group-blocks"]').uncheck()
     assert run.locator("tr.layer-row").count() == 2000
-    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 2000 * 5  # ~10^4 values, no RangeError
+    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 2000 * 5
+    frame.locator('input[name="group-blocks"]').check()
+    # Found by name: a filter opens the blocks it picks layers from.
     box = frame.locator('input[name="layer-filter"]')
     box.fill(r"layers\.17\.")
     names = run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
     assert len(names) == 8 and all(name.startswith("model.layers.17.") for name in names)
+    assert run.locator("tr.group-row").count() == 1
     assert "showing 8 of 2000" in run.locator(".run-summary").inner_text()
     assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 8 * 5  # the heatmap follows the filter
     # Kept in the tab's URL hash: a reloaded tab keeps it.
@@ -327,4 +345,5 @@ def test_a_2000_series_run_draws_without_errors_and_filters_by_name(tmp_path, te
     assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 0
     box.fill("down_proj")
     assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 250
+    _screenshot(page, "tab-wide-run.png")
     assert page.errors == []

@@ -25,6 +25,8 @@ class WeightDiffTab {
       thresholds: {},
       result: null,
       expanded: new Set(),
+      expandedGroups: new Set(),
+      groupBlocks: true,  // layers grouped by block (model.layers.17, layer2.0) where their names have blocks
       sort: 'verdict',  // or 'reset': by the loss a layer's reset costs
       nameFilter: nameFilterFromHash(window.location.hash),  // kept in the tab's URL hash
       selected: null,  // {run, tag}
@@ -40,6 +42,10 @@ class WeightDiffTab {
       runsChanged: (run, checked) => {
         if (checked) this.state.deselected.delete(run); else this.state.deselected.add(run);
         this.refresh();
+      },
+      groupingChanged: (grouped) => {
+        this.state.groupBlocks = grouped;
+        this.drawRuns();
       },
       nameFilterChanged: (pattern) => {
         this.state.nameFilter = pattern;
@@ -131,8 +137,14 @@ class WeightDiffTab {
     const result = this.state.result;
     if (!result) return;
     const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded,
-      selected: this.state.selected, sort: this.state.sort, nameFilter: this.state.nameFilter};
+      selected: this.state.selected, sort: this.state.sort, nameFilter: this.state.nameFilter,
+      grouped: this.state.groupBlocks, expandedGroups: this.state.expandedGroups};
     const handlers = {
+      toggleGroup: (run, block) => {
+        const key = `${run}\u0000${block}`;
+        if (this.state.expandedGroups.has(key)) this.state.expandedGroups.delete(key); else this.state.expandedGroups.add(key);
+        this.drawRuns();
+      },
       sortChanged: (sort) => {
         this.state.sort = sort;
         this.drawRuns();

@@ -129,6 +129,60 @@ export function visibleLayers(run, verdictFilter, sort = 'verdict', matches = ()
     .map((item) => item.layer);
 }
 
+/**
+ * The block a layer belongs to: its name up to the first component that is a
+ * number (`model.layers.17.mlp.down_proj` -> `model.layers.17`, a transformer
+ * block; `layer2.0.conv1` -> `layer2.0`, a ResNet block; `encoder/block_3/dense`
+ * -> `encoder/block_3`), or null when it has none before its last component.
+ */
+export function blockOf(name) {
+  const parts = String(name).split(/([./])/);
+  for (let i = 0; i < parts.length - 2; i += 2) {
+    if (/^\d+$/.test(parts[i]) || /[_-]\d+$/.test(parts[i])) return parts.slice(0, i + 1).join('');
+  }
+  return null;
+}
+
+/**
+ * Layers (in the order given: worst first) grouped by block, each group where
+ * its first (worst) layer stands; a block of one layer stays a plain layer.
+ * @return {Array<{block: ?string, layers: Array<Object>}>}
+ */
+export function groupLayers(layers) {
+  const groups = [];
+  const byBlock = new Map();
+  for (const layer of layers) {
+    const block = blockOf(layer.name);
+    if (block === null) {
+      groups.push({block: null, layers: [layer]});
+      continue;
+    }
+    if (!byBlock.has(block)) {
+      const group = {block, layers: []};
+      byBlock.set(block, group);
+      groups.push(group);
+    }
+    byBlock.get(block).layers.push(layer);
+  }
+  return groups.flatMap((group) => (group.block !== null && group.layers.length < 2
+    ? [{block: null, layers: group.layers}] : [group]));
+}
+
+/** A group's heatmap row: per step, the largest per-step shift of its layers (null where none has one). */
+export function groupShift(steps, layers) {
+  const index = new Map(steps.map((step, i) => [step, i]));
+  const values = steps.map(() => null);
+  for (const layer of layers) {
+    (layer.steps || []).forEach((step, i) => {
+      const value = (layer.per_step_shift || [])[i];
+      const at = index.get(step);
+      if (at === undefined || !Number.isFinite(value)) return;
+      if (values[at] === null || value > values[at]) values[at] = value;
+    });
+  }
+  return values;
+}
+
 /** A layer's reset cell: the loss increase and the share of what training gained it undoes. */
 export function resetText(reset) {
   if (!reset) return '—';

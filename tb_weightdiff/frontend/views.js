@@ -4,7 +4,7 @@
 
 import {el} from './dom.js';
 import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
-import {formatNumber, nameMatcher, resetText, validPattern, verdictLabel, visibleLayers} from './model.js';
+import {formatNumber, groupLayers, groupShift, nameMatcher, resetText, validPattern, verdictLabel, visibleLayers} from './model.js';
 
 /** A coloured verdict badge. */
 export function badge(verdict) {
@@ -14,7 +14,7 @@ export function badge(verdict) {
 /**
  * The control bar. Built once; `update*` functions refresh its changing parts.
  * @param {Object} state holds `contract` (the ./contract answer: verdicts, thresholds)
- * @param {Object<string, function>} on handlers: runsChanged, filterChanged, nameFilterChanged,
+ * @param {Object<string, function>} on handlers: runsChanged, filterChanged, nameFilterChanged, groupingChanged,
  *   thresholdsChanged, autoRefreshChanged, refreshNow, exportCsv, exportJson
  */
 export function controls(state, on) {
@@ -57,7 +57,11 @@ export function controls(state, on) {
   const bar = el('div', {class: 'controls'}, [
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Runs'}), runList]),
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Verdicts'}), filter]),
-    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Layers'}), nameFilter]),
+    el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Layers'}), nameFilter,
+      el('label', {class: 'chip', title: 'layers whose names share a numbered block (model.layers.17, layer2.0) as one row each, expandable'}, [
+        el('input', {type: 'checkbox', name: 'group-blocks', checked: state.groupBlocks,
+          onchange: (event) => on.groupingChanged(event.target.checked)}), ' group by block']),
+    ]),
     el('div', {class: 'control-group'}, [el('span', {class: 'control-title', text: 'Thresholds'}), thresholdForm]),
     el('div', {class: 'control-group'}, [
       el('label', {}, [autoRefresh, ' auto-refresh every ']), interval,
@@ -121,8 +125,10 @@ function resetCell(reset) {
 /**
  * One run: its warnings, the layer table (rows expand to variables) and the heatmap.
  * @param {Object} run a run of the /verdicts answer
- * @param {Object} view {verdicts: worst first, verdictFilter, expanded: Set, selected: ?{run, tag}}
- * @param {Object<string, function>} on handlers: toggleLayer(run, layer), openVariable(run, tag)
+ * @param {Object} view {verdicts: worst first, verdictFilter, expanded: Set, selected: ?{run, tag}, sort,
+ *   nameFilter, grouped, expandedGroups: Set}
+ * @param {Object<string, function>} on handlers: toggleLayer(run, layer), toggleGroup(run, block),
+ *   openVariable(run, tag), sortChanged(sort)
  */
 export function runSection(run, view, on) {
   const checked = Boolean(run.reset_check);
@@ -155,15 +161,19 @@ export function runSection(run, view, on) {
     el('th', {text: 'why'}),
   ])]));
   const body = el('tbody');
-  for (const layer of layers) {
+  const columns = checked ? 10 : 9;
+  const groups = view.grouped ? groupLayers(layers) : layers.map((layer) => ({block: null, layers: [layer]}));
+  const heatmapRows = [];
+  const layerRows = (layer, inGroup) => {
     const key = `${run.run}\u0000${layer.name}`;
     const open = view.expanded.has(key);
-    body.appendChild(el('tr', {class: 'layer-row', dataset: {layer: layer.name, verdict: layer.verdict},
+    body.appendChild(el('tr', {class: `layer-row${inGroup ? ' in-group' : ''}`, dataset: {layer: layer.name, verdict: layer.verdict},
       onclick: () => on.toggleLayer(run.run, layer.name)}, [
       el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
       verdictCell(layer), ...scoreCells(layer), checked ? resetCell(layer.reset) : null, whyCell(layer),
     ]));
-    if (!open) continue;
+    heatmapRows.push(layer);
+    if (!open) return;
     for (const variable of layer.variables) {
       const selected = view.selected && view.selected.run === run.run && view.selected.tag === variable.tag;
       body.appendChild(el('tr', {class: `variable-row${selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
@@ -172,15 +182,44 @@ export function runSection(run, view, on) {
         verdictCell(variable), ...scoreCells(variable), checked ? el('td') : null, whyCell(variable),
       ]));
     }
+  };
+  for (const group of groups) {
+    if (group.block === null) {
+      layerRows(group.layers[0], false);
+      continue;
+    }
+    const key = `${run.run}\u0000${group.block}`;
+    // A name filter that picks layers out of a block shows them.
+    const open = view.expandedGroups.has(key) || Boolean(view.nameFilter);
+    const worst = group.layers[0];
+    const tally = view.verdicts.map((v) => [v, group.layers.filter((layer) => layer.verdict === v).length])
+      .filter(([, n]) => n).map(([v, n]) => `${n} ${verdictLabel(v)}`).join(', ');
+    const shift = groupShift(run.steps, group.layers);
+    body.appendChild(el('tr', {class: 'group-row', dataset: {group: group.block, verdict: worst.verdict, layers: String(group.layers.length)},
+      title: open ? 'collapse this block' : 'show the layers of this block', onclick: () => on.toggleGroup(run.run, group.block)}, [
+      el('td', {class: 'name group-name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), `${group.block} `,
+        el('span', {class: 'muted', text: `(${group.layers.length} layers)`})]),
+      verdictCell(worst),
+      el('td', {colspan: 4, class: 'group-counts', text: tally}),
+      el('td', {}, [sparkline(shift)]),
+      el('td'),
+      checked ? el('td') : null,
+      el('td', {class: 'reason', text: `worst: ${worst.name}: ${worst.reason}`}),
+    ]));
+    if (open) {
+      for (const layer of group.layers) layerRows(layer, true);
+    } else {
+      heatmapRows.push({name: `${group.block} (${group.layers.length})`, steps: run.steps, per_step_shift: shift});
+    }
   }
   if (!layers.length) {
-    body.appendChild(el('tr', {}, [el('td', {colspan: checked ? 10 : 9, class: 'muted', text: 'No layer passes the filters.'})]));
+    body.appendChild(el('tr', {}, [el('td', {colspan: columns, class: 'muted', text: 'No layer passes the filters.'})]));
   }
   table.appendChild(body);
   section.appendChild(table);
   if (layers.length && run.steps.length > 1) {
     const readout = el('div', {class: 'heatmap-readout', text: 'Hover a cell for its value.'});
-    const map = heatmap(run, layers, (layer, step, value) => {
+    const map = heatmap(run, heatmapRows, (layer, step, value) => {
       readout.textContent = `${layer}, step ${step}: per-step shift ${formatNumber(value)}`;
     });
     section.appendChild(el('h3', {text: 'Per-step shift, layers × steps'}));
