@@ -157,6 +157,7 @@ def _parse_compare(args):
         "step_a": _step_parameter(args, "a"),
         "step_b": _step_parameter(args, "b"),
         "thresholds": thresholds_from_args(args),
+        "run_b": _parameter(args, "run_b", required=False) or None,
     }
 
 
@@ -287,25 +288,31 @@ def variable_impl(logdir, run_verdicts, run, tag, thresholds, output="json"):
     return verdicts.strict(body)
 
 
-def compare_impl(logdir, run_verdicts, run, tag, step_a, step_b, thresholds):
+def compare_impl(logdir, run_verdicts, run, tag, step_a, step_b, thresholds, run_b=None):
     """The shift between steps A and B of one variable (the A/B overlay's number).
 
     W1 is divided by the variable's `scale`, the one its table row uses, so
-    A = baseline against B = last step reads as that row's `shift`.
+    A = baseline against B = last step reads as that row's `shift`. With
+    `run_b`, step B is of the same tag in that run (the cross-run overlay),
+    still in the unit of run A's row.
     """
     series = judge.read_variable(logdir, run, tag)
-    for name, step in (("a", step_a), ("b", step_b)):
-        if step not in series.steps:
-            raise errors.NotFoundError("step %s=%d is not logged for %s" % (name, step, tag))
+    series_b = series if run_b in (None, run) else judge.read_variable(logdir, run_b, tag)
+    for name, step, of in (("a", step_a, series), ("b", step_b, series_b)):
+        if step not in of.steps:
+            raise errors.NotFoundError("step %s=%d is not logged for %s in run %s" % (name, step, tag, of.run))
     judged = _judged_variable(run_verdicts.entry(logdir, run, thresholds), tag) or {}
     scale = judged.get("scale")
     try:
-        w1, shift = scores.shift_between(series, step_a, step_b, scale)
+        if series_b is series:
+            w1, shift = scores.shift_between(series, step_a, step_b, scale)
+        else:
+            w1, shift = scores.shift_across(series, step_a, series_b, step_b, scale)
     except ValueError as error:
         raise errors.NotFoundError("%s in run %s cannot be compared: %s" % (tag, run, error)) from None
     return verdicts.strict(
         {
-            "run": run, "tag": tag, "a": step_a, "b": step_b, "w1": w1, "shift": shift,
+            "run": run, "tag": tag, "a": step_a, "b": step_b, "run_b": series_b.run, "w1": w1, "shift": shift,
             "scale": scale, "scale_basis": judged.get("scale_basis"),
         }
     )

@@ -550,6 +550,31 @@ def shift_between(series, step_a, step_b, scale):
     return (None if np.isnan(w1) else float(w1)), (None if np.isnan(shift) else float(shift))
 
 
+def shift_across(series_a, step_a, series_b, step_b, scale):
+    """`(w1, shift)` between step A of one series and step B of another (two runs' same variable).
+
+    The two steps are judged as one series of two steps, by the rule of
+    `shift_between`; where one source is plain histograms and the other our
+    summaries, both are compared as histograms (what they share).
+
+    Raises:
+      KeyError: a step is not logged.
+      ValueError: a series cannot be read.
+    """
+    first = series_a.summaries[series_a.steps.index(step_a)] if step_a in series_a.steps else None
+    second = series_b.summaries[series_b.steps.index(step_b)] if step_b in series_b.steps else None
+    if first is None or second is None:
+        raise KeyError(step_a if first is None else step_b)
+    source = series_a.source
+    if series_a.source != series_b.source:
+        source = metadata.HISTOGRAM_PLUGIN_NAME
+        first, second = (
+            getattr(summary, "histogram", summary) for summary in (first, second)
+        )
+    pair = dataclasses.replace(series_a, steps=[0, 1], summaries=[first, second], table=None, source=source)
+    return shift_between(pair, 0, 1, scale)
+
+
 _BASIS_RANK = {"baseline_std": 1, "layer_baseline_std": 2, "last_std": 3, "rms": 4, None: 5}
 
 

@@ -347,3 +347,53 @@ def test_a_2000_series_run_draws_without_errors_groups_blocks_and_filters_by_nam
     assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 250
     _screenshot(page, "tab-wide-run.png")
     assert page.errors == []
+
+
+def test_cross_run_overlay_draws_run_a_against_run_b(tmp_path, tensorboard_process, page):
+    from logdirs import planted_weights
+
+    logdir = tmp_path / "logs"
+    for run, seed, steps in (("baseline_run", 0, 6), ("finetune_run", 1, 4)):
+        series = planted_weights(steps=steps, seed=seed)
+        write_events(logdir / run, {step: [summary.weights_pb(tag, values[step], reference=values[0]) for tag, values in series.items()]
+                                    for step in range(steps)})
+    server = tensorboard_process(logdir)
+    server.wait_for(lambda j: len(j["runs"]) == 2, "/data/plugin/tb_weightdiff/runs")
+    frame = _open_tab(page, server, [])
+    run = frame.locator('section.run[data-run="baseline_run"]')
+    run.locator('tr.layer-row[data-layer="model/dense"]').click()
+    run.locator('tr.variable-row[data-tag="model/dense/kernel"]').click()
+    frame.locator("section.detail svg.overlay").wait_for()
+    picker = frame.locator('section.detail select[name="run-b"]')
+    assert picker.locator("option").evaluate_all("options => options.map(o => o.value)") == ["", "finetune_run"]
+    picker.select_option("finetune_run")
+    frame.locator('section.detail[data-run-b="finetune_run"]').wait_for()
+    # B now runs over the other run's 4 steps, defaulting to its last; A stays on this run's baseline.
+    assert frame.locator('section.detail input[name="b"]').get_attribute("max") == "3"
+    assert frame.locator("section.detail .step-b").inner_text().strip() == "step 3 of run finetune_run"
+    legend = frame.locator("section.detail svg.overlay text.legend-b").text_content()
+    assert legend == "B: step 3 of run finetune_run"
+    frame.locator("section.detail .comparison").filter(has_text="×").wait_for()
+    status, _, body = server.get(
+        "/data/plugin/tb_weightdiff/compare?run=baseline_run&tag=model/dense/kernel&a=0&b=3&run_b=finetune_run")
+    answer = json.loads(body)
+    assert status == 200 and answer["run_b"] == "finetune_run"
+    shown = frame.locator("section.detail .comparison").inner_text()
+    assert shown.startswith("Wasserstein-1 between A and B: %s" % _formatted(answer["w1"]))
+    # Back to this run: B is this run's last step again.
+    frame.locator('section.detail select[name="run-b"]').select_option("")
+    frame.locator('section.detail[data-run-b="baseline_run"]').wait_for()
+    assert frame.locator('section.detail input[name="b"]').get_attribute("max") == "5"
+    assert frame.locator("section.detail .step-b").inner_text().strip() == "step 5"
+    frame.locator("section.detail .comparison").filter(has_text="×").wait_for()
+    _screenshot(page, "tab-cross-run.png")
+    assert page.errors == []
+
+
+def _formatted(value):
+    """The tab's formatNumber: 3 significant digits."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return "%.2e" % value
+    return ("%.3g" % value)

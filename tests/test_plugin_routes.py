@@ -236,6 +236,38 @@ def test_csv_export_is_the_cli_schema(client):
     assert client.get(PREFIX + "/verdicts?format=xml").status_code == 400
 
 
+def test_compare_across_runs(tmp_path, loader):
+    """The cross-run overlay's number: run A step i against run B step j, in run A's row unit."""
+    from tensorboard.plugins.histogram import summary_v2 as histogram_summary
+
+    from conftest import write_events
+    from logdirs import planted_weights
+    from tb_weightdiff import summary
+
+    series = planted_weights()["model/dense/kernel"]
+    for run in ("a", "twin"):  # the same weights in two runs
+        write_events(tmp_path / run, {step: [summary.weights_pb("model/dense/kernel", value, reference=series[0])]
+                                      for step, value in enumerate(series)})
+    write_events(tmp_path / "plain", {step: [histogram_summary.histogram_pb("model/dense/kernel", value)]
+                                      for step, value in enumerate(series)})
+    client, opened = _client(tmp_path, loader)
+    try:
+        within = _json(client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=0&b=5"))
+        across = _json(client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=0&b=5&run_b=twin"))
+        assert across["run_b"] == "twin" and within["run_b"] == "a"
+        assert (across["w1"], across["shift"], across["scale"]) == (within["w1"], within["shift"], within["scale"])
+        same = _json(client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=3&b=3&run_b=twin"))
+        assert same["w1"] == 0
+        # Our summaries against plain histograms of the same weights: compared as histograms.
+        mixed = _json(client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=5&b=5&run_b=plain"))
+        assert 0 <= mixed["w1"] < 0.2 * within["w1"]
+        missing = client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=0&b=9&run_b=twin")
+        assert missing.status_code == 404 and "in run twin" in missing.get_data(as_text=True)
+        assert client.get(PREFIX + "/compare?run=a&tag=model/dense/kernel&a=0&b=1&run_b=nope").status_code == 404
+    finally:
+        opened.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize(
     "query, status",
     [

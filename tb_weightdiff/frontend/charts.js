@@ -181,7 +181,7 @@ function xAxis(root, x, low, high, y, width) {
  * @param {{stepA: number, stepB: number}} labels
  * @return {SVGElement}
  */
-export function overlay(bucketsA, bucketsB, {stepA, stepB}) {
+export function overlay(bucketsA, bucketsB, {stepA, stepB, runB = null}) {
   const width = 620;
   const top = 190;
   const diffHeight = 90;
@@ -200,7 +200,7 @@ export function overlay(bucketsA, bucketsB, {stepA, stepB}) {
     }
   }
   root.appendChild(svg('text', {x: 44, y: 12, class: 'legend-a', fill: COLOURS.a, text: `A: step ${stepA}`}));
-  root.appendChild(svg('text', {x: 160, y: 12, class: 'legend-b', fill: COLOURS.b, text: `B: step ${stepB}`}));
+  root.appendChild(svg('text', {x: 160, y: 12, class: 'legend-b', fill: COLOURS.b, text: `B: step ${stepB}${runB ? ` of run ${runB}` : ''}`}));
   xAxis(root, x, low, high, top - 10, width);
 
   // The difference panel: where B has more mass than A (up) or less (down).

@@ -31,7 +31,10 @@ class WeightDiffTab {
       nameFilter: nameFilterFromHash(window.location.hash),  // kept in the tab's URL hash
       selected: null,  // {run, tag}
       detail: null,
-      selection: null,  // {a, b, comparison} as indices into detail.steps
+      selection: null,  // {a, b, comparison}: a into detail.steps, b into detailB's (or detail's) steps
+      listing: null,  // the ./runs answer: which runs logged which tags
+      compareRun: null,  // step B from this run instead (the cross-run overlay)
+      detailB: null,  // its ./variable answer
       autoRefresh: true,
       intervalMs: DEFAULT_INTERVAL_MS,
     };
@@ -96,6 +99,7 @@ class WeightDiffTab {
   async refresh() {
     try {
       const listing = await fetchJson('./runs');
+      this.state.listing = listing;
       this.state.runs = [...new Set(listing.runs.map((entry) => entry.run))].sort();
       this.bar.updateRuns(this.state.runs, this.state.deselected);
       if (!this.state.runs.length) {
@@ -157,6 +161,8 @@ class WeightDiffTab {
       openVariable: (run, tag) => {
         this.state.selected = {run, tag};
         this.state.detail = null;
+        this.state.compareRun = null;
+        this.state.detailB = null;
         this.drawRuns();
         this.loadDetail(true);
       },
@@ -170,44 +176,70 @@ class WeightDiffTab {
     this.runsBox.replaceChildren(...sections);
   }
 
+  /** The other runs that logged `tag` (the runs step B can come from). */
+  runsWithTag(run, tag) {
+    const entries = (this.state.listing && this.state.listing.runs) || [];
+    return [...new Set(entries.filter((entry) => entry.run !== run && entry.tags.includes(tag)).map((entry) => entry.run))].sort();
+  }
+
   async loadDetail(scrollIntoView) {
     const {run, tag} = this.state.selected;
+    const compareRun = this.state.compareRun;
     let detail;
+    let detailB = null;
     try {
       detail = await this.fetchDetail('./variable' + query({run, tag, ...this.thresholdParameters()}));
+      if (compareRun) detailB = await fetchJson('./variable' + query({run: compareRun, tag, ...this.thresholdParameters()}));
     } catch (error) {
       this.detailBox.replaceChildren(el('p', {class: 'error', text: `Could not load ${tag}: ${error.message}`}));
       return;
     }
-    if (detail === undefined || !this.state.selected || this.state.selected.tag !== tag || this.state.selected.run !== run) return;
+    if (detail === undefined || !this.state.selected || this.state.selected.tag !== tag || this.state.selected.run !== run
+        || this.state.compareRun !== compareRun) return;
     const previous = this.state.detail;
+    const previousB = this.state.detailB || previous;
+    const stepsB = (detailB || detail).steps;
     const last = detail.steps.length - 1;
-    let selection = {a: 0, b: Math.max(0, last), comparison: null};
-    if (previous && previous.run === run && previous.tag === tag && this.state.selection) {
+    let selection = {a: 0, b: Math.max(0, stepsB.length - 1), comparison: null};
+    if (previous && previous.run === run && previous.tag === tag && this.state.selection
+        && (previousB && previousB.run === (detailB || detail).run)) {
       // Keep the user's A; keep B on the newest step if it was there.
       const old = this.state.selection;
-      const followB = old.b === previous.steps.length - 1;
-      selection = {a: Math.min(old.a, last), b: followB ? last : Math.min(old.b, last), comparison: old.comparison};
+      const followB = old.b === previousB.steps.length - 1;
+      selection = {a: Math.min(old.a, last), b: followB ? stepsB.length - 1 : Math.min(old.b, stepsB.length - 1), comparison: old.comparison};
     }
     this.state.detail = detail;
+    this.state.detailB = detailB;
     this.select(selection.a, selection.b, selection.comparison);
     if (scrollIntoView) this.detailBox.scrollIntoView({block: 'start'});
   }
 
   select(a, b, comparison = null) {
     const detail = this.state.detail;
+    const detailB = this.state.detailB;
+    const stepsB = (detailB || detail).steps;
+    const runB = detailB ? detailB.run : detail.run;
     this.state.selection = {a, b, comparison};
+    const other = {runs: this.runsWithTag(detail.run, detail.tag), run: detailB ? detailB.run : null, detail: detailB};
     const draw = () => this.detailBox.replaceChildren(detailPanel(detail, this.state.selection, {
       select: (newA, newB) => this.select(newA, newB),
+      compareRunChanged: (run) => {
+        this.state.compareRun = run;
+        this.state.detailB = null;
+        this.state.selection = null;  // B starts on the chosen run's last step
+        this.loadDetail(false);
+      },
       exportCsv: () => this.exportVariableCsv(detail),
       exportJson: () => this.download(`${fileStem(detail)}.json`, 'application/json', JSON.stringify(detail, null, 2)),
       close: () => {
         this.state.selected = null;
         this.state.detail = null;
+        this.state.detailB = null;
+        this.state.compareRun = null;
         this.detailBox.replaceChildren();
         this.drawRuns();
       },
-    }));
+    }, other));
     // Redrawing replaces the sliders: keep keyboard focus on the one in use.
     const focused = document.activeElement && this.detailBox.contains(document.activeElement) ? document.activeElement.name : null;
     draw();
@@ -215,12 +247,15 @@ class WeightDiffTab {
       const slider = this.detailBox.querySelector(`input[name="${focused}"]`);
       if (slider) slider.focus();
     }
-    if (!detail.steps.length || (comparison && comparison.a === detail.steps[a] && comparison.b === detail.steps[b])) return;
-    this.fetchComparison('./compare' + query({run: detail.run, tag: detail.tag, a: detail.steps[a], b: detail.steps[b], ...this.thresholdParameters()}))
+    if (!detail.steps.length || !stepsB.length
+        || (comparison && comparison.a === detail.steps[a] && comparison.b === stepsB[b] && comparison.run_b === runB)) return;
+    const parameters = {run: detail.run, tag: detail.tag, a: detail.steps[a], b: stepsB[b], run_b: detailB ? runB : undefined,
+      ...this.thresholdParameters()};
+    this.fetchComparison('./compare' + query(parameters))
       .then((answer) => {
-        if (answer === undefined || this.state.detail !== detail) return;
+        if (answer === undefined || this.state.detail !== detail || this.state.detailB !== detailB) return;
         const current = this.state.selection;
-        if (detail.steps[current.a] === answer.a && detail.steps[current.b] === answer.b) {
+        if (detail.steps[current.a] === answer.a && stepsB[current.b] === answer.b) {
           current.comparison = answer;
           const text = this.detailBox.querySelector('.comparison');
           if (text) text.textContent = comparisonText(answer);

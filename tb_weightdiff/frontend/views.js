@@ -234,19 +234,33 @@ export function runSection(run, view, on) {
  * The detail of one variable: A/B overlay with sliders, ridgeline, scores over steps.
  * @param {Object} detail the /variable answer
  * @param {{a: number, b: number, comparison: ?Object}} selection indices into detail.steps
- * @param {Object<string, function>} on handlers: select(a, b), close(), exportCsv(), exportJson()
+ * @param {Object<string, function>} on handlers: select(a, b), close(), exportCsv(), exportJson(),
+ *   compareRunChanged(run or null)
+ * @param {{runs: string[], run: ?string, detail: ?Object}} other the other runs that logged this tag,
+ *   and the one step B is taken from (its /variable answer), if any
  */
-export function detailPanel(detail, selection, on) {
+export function detailPanel(detail, selection, on, other = {runs: [], run: null, detail: null}) {
   const steps = detail.steps;
+  const across = Boolean(other.run && other.detail);
+  const stepsB = across ? other.detail.steps : steps;
+  const histogramsB = across ? other.detail.histograms : detail.histograms;
   const scores = detail.scores || {};
-  const slider = (name, index) => el('input', {type: 'range', min: '0', max: String(steps.length - 1), step: '1', value: String(index), name,
+  const slider = (name, index, count) => el('input', {type: 'range', min: '0', max: String(count - 1), step: '1', value: String(index), name,
     'aria-label': `step ${name.toUpperCase()}`,
     oninput: (event) => {
       const value = Number(event.target.value);
       on.select(name === 'a' ? value : selection.a, name === 'b' ? value : selection.b);
     }});
   const comparison = selection.comparison;
-  const panel = el('section', {class: 'detail', dataset: {run: detail.run, tag: detail.tag}}, [
+  const current = comparison && comparison.a === steps[selection.a] && comparison.b === stepsB[selection.b]
+    && comparison.run_b === (across ? other.run : detail.run) ? comparison : null;
+  // B from another run that logged the same tag (tensorboard#6206): run A step i against run B step j.
+  const runPicker = other.runs.length ? el('label', {class: 'run-b'}, ['B from run ',
+    el('select', {name: 'run-b', onchange: (event) => on.compareRunChanged(event.target.value || null)}, [
+      el('option', {value: '', text: `${detail.run} (this run)`, selected: !across}),
+      ...other.runs.map((run) => el('option', {value: run, text: run, selected: across && run === other.run})),
+    ])]) : null;
+  const panel = el('section', {class: 'detail', dataset: {run: detail.run, tag: detail.tag, runB: across ? other.run : detail.run}}, [
     el('div', {class: 'detail-head'}, [
       el('h2', {}, [el('span', {text: detail.tag}), el('span', {class: 'muted', text: `  in run ${detail.run}`})]),
       el('div', {}, [
@@ -260,13 +274,17 @@ export function detailPanel(detail, selection, on) {
     scores.hint ? el('p', {class: 'hint', text: scores.hint}) : null,
     ...detail.caveats.map((caveat) => el('p', {class: 'caveat', text: caveat})),
     el('div', {class: 'sliders'}, [
-      el('label', {class: 'slider-a'}, ['A ', slider('a', selection.a), el('span', {class: 'step-a', text: ` step ${steps[selection.a]}`})]),
-      el('label', {class: 'slider-b'}, ['B ', slider('b', selection.b), el('span', {class: 'step-b', text: ` step ${steps[selection.b]}`})]),
+      el('label', {class: 'slider-a'}, ['A ', slider('a', selection.a, steps.length), el('span', {class: 'step-a', text: ` step ${steps[selection.a]}`})]),
+      el('label', {class: 'slider-b'}, ['B ', slider('b', selection.b, stepsB.length),
+        el('span', {class: 'step-b', text: ` step ${stepsB[selection.b]}${across ? ` of run ${other.run}` : ''}`})]),
+      runPicker,
     ]),
-    el('p', {class: 'comparison', text: comparisonText(comparison && comparison.a === steps[selection.a] && comparison.b === steps[selection.b] ? comparison : null)}),
+    el('p', {class: 'comparison', text: comparisonText(current)}),
     el('div', {class: 'detail-charts'}, [
-      el('div', {}, [el('h3', {text: 'Histograms at A and B'}), overlay(detail.histograms[selection.a], detail.histograms[selection.b], {stepA: steps[selection.a], stepB: steps[selection.b]})]),
-      el('div', {}, [el('h3', {text: 'All logged steps'}), ridgeline(steps, detail.histograms, {stepA: steps[selection.a], stepB: steps[selection.b]})]),
+      el('div', {}, [el('h3', {text: 'Histograms at A and B'}), overlay(detail.histograms[selection.a], histogramsB[selection.b],
+        {stepA: steps[selection.a], stepB: stepsB[selection.b], runB: across ? other.run : null})]),
+      el('div', {}, [el('h3', {text: `All logged steps of run ${detail.run}`}), ridgeline(steps, detail.histograms,
+        {stepA: steps[selection.a], stepB: across ? null : steps[selection.b]})]),
     ]),
     el('h3', {text: 'Scores over steps'}),
     el('div', {class: 'score-charts'}, [
