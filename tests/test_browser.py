@@ -213,9 +213,20 @@ def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
     frame.locator('select[name="interval"]').select_option(str(5000))
     summary_line = frame.locator('section.run[data-run="planted"] .run-summary')
     assert summary_line.inner_text().startswith("6 logged steps")
+    # A poll that finds nothing new redraws nothing: the same table element stays, an open row stays open.
+    frame.locator('section.run[data-run="planted"] tr.layer-row[data-layer="model/dense"]').click()
+    frame.locator('section.run[data-run="planted"] table.layers').evaluate("table => { table.dataset.marked = 'yes'; }")
+    before = frame.locator(".updated").inner_text()
+    page.wait_for_timeout(1100)  # "last updated" shows seconds: let the next one differ
+    frame.locator("button", has_text="Refresh now").click()
+    frame.wait_for_function("before => document.querySelector('.updated').textContent !== before", arg=before, timeout=20000)
+    assert frame.locator('section.run[data-run="planted"] table.layers[data-marked="yes"]').count() == 1
     append_step(logdir, series, 6)
     summary_line.filter(has_text="7 logged steps").wait_for(timeout=40000)
     assert frame.locator('section.run[data-run="planted"] svg.heatmap rect.heatmap-cell').count() == 4 * 6
+    # New data: redrawn, and the row the user opened is still open.
+    assert frame.locator('section.run[data-run="planted"] table.layers[data-marked="yes"]').count() == 0
+    assert frame.locator('section.run[data-run="planted"] tr.variable-row[data-tag="model/dense/kernel"]').count() == 1
     assert "last updated" in frame.locator(".updated").inner_text()
     assert page.errors == []
 

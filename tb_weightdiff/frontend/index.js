@@ -38,7 +38,8 @@ class WeightDiffTab {
       autoRefresh: true,
       intervalMs: DEFAULT_INTERVAL_MS,
     };
-    this.fetchVerdicts = latestOnly((route) => fetchJson(route));
+    this.fetchVerdicts = latestOnly((route) => fetchText(route));
+    this.resultText = null;  // the last /verdicts answer drawn: an equal answer redraws nothing
     this.fetchDetail = latestOnly((route) => fetchJson(route));
     this.fetchComparison = latestOnly((route) => fetchJson(route));
     this.bar = controls(this.state, {
@@ -116,8 +117,16 @@ class WeightDiffTab {
         this.bar.updateTime(new Date());
         return;
       }
-      const result = await this.fetchVerdicts('./verdicts' + query({run: chosen, ...this.thresholdParameters()}));
-      if (result === undefined) return;  // a newer refresh is under way
+      const text = await this.fetchVerdicts('./verdicts' + query({run: chosen, ...this.thresholdParameters()}));
+      if (text === undefined) return;  // a newer refresh is under way
+      if (text === this.resultText && this.state.result && this.state.result.runs.length) {
+        // Nothing changed since the last poll: keep the page as it is (scroll, hover, open rows).
+        this.message.replaceChildren();
+        this.bar.updateTime(new Date());
+        return;
+      }
+      const result = JSON.parse(text);
+      this.resultText = text;
       this.state.result = result;
       if (!Object.keys(this.state.thresholds).length && result.thresholds) this.bar.updateDefaults(result.thresholds);
       this.message.replaceChildren();
