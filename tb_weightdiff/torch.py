@@ -198,6 +198,7 @@ class WeightDiffLogger:
         self._updates_before = 0
         self._hook = None
         self._skipped = set()
+        self._kept_batches = None  # (data, its first batches, whether it gave as many as asked)
         self._check_sharding()
         if not self.active:
             return
@@ -293,10 +294,12 @@ class WeightDiffLogger:
         batches = self._reset_batches(data, max_batches)
         tensors = {name: tensor for name, tensor, _, _ in self._tensors() if name in self._reference}
         reset_groups = reset_lib.make_groups(list(tensors), blocks)
-        examples = sum(_batch_size(batch, forward, self.model, torch) for batch in batches)
+        counted = []  # examples per evaluation: the same batches every time
 
         def evaluate():
-            return _evaluate(torch, self.model, batches, loss_fn, metrics or {}, forward)
+            found, examples = _evaluate(self.model, batches, loss_fn, metrics or {}, forward)
+            counted.append(examples)
+            return found
 
         def initial(name):
             tensor = tensors[name]
@@ -328,7 +331,7 @@ class WeightDiffLogger:
         finally:
             for module, training in modes:
                 module.training = training
-        self._guard(self._write_resets, step, results, len(batches), examples)
+        self._guard(self._write_resets, step, results, len(batches), counted[0])
         logger.info("WeightDiffLogger: reset check at step %d: %d layers, %d batches, %.2f s",
                     step, len(reset_groups), len(batches), time.perf_counter() - started)
         return reset_lib.summarize(results)
@@ -340,7 +343,7 @@ class WeightDiffLogger:
 
     def _reset_batches(self, data, max_batches):
         """The first `max_batches` batches of `data`, taken once per `data` and kept."""
-        kept = getattr(self, "_kept_batches", None)
+        kept = self._kept_batches
         if kept is None or kept[0] is not data or len(kept[1]) < max_batches and kept[2]:
             batches = list(itertools.islice(iter(data), max_batches))
             if not batches:
@@ -516,13 +519,8 @@ def _outputs_and_targets(model, batch, forward):
     return _call(model, batch[0]), batch[1]
 
 
-def _batch_size(batch, forward, model, torch):
-    """Examples in a batch: its targets' first dimension (1 for a scalar target)."""
-    if forward is None and isinstance(batch, (tuple, list)) and len(batch) == 2:
-        targets = batch[1]
-    else:
-        with torch.no_grad():
-            _, targets = forward(model, batch) if forward is not None else (None, None)
+def _size(targets):
+    """Examples in a batch: its targets' first dimension (their length, or 1 for a scalar target)."""
     if hasattr(targets, "shape") and len(targets.shape):
         return int(targets.shape[0])
     try:
@@ -531,19 +529,19 @@ def _batch_size(batch, forward, model, torch):
         return 1
 
 
-def _evaluate(torch, model, batches, loss_fn, metrics, forward):
-    """`{"loss": mean, metric: mean}` over `batches`, each batch weighted by its size."""
+def _evaluate(model, batches, loss_fn, metrics, forward):
+    """`({"loss": mean, metric: mean}, examples)` over `batches`, each batch weighted by its size."""
     totals = {"loss": 0.0}
     totals.update({name: 0.0 for name in metrics})
     count = 0
     for batch in batches:
         outputs, targets = _outputs_and_targets(model, batch, forward)
-        size = int(targets.shape[0]) if hasattr(targets, "shape") and len(targets.shape) else 1
+        size = _size(targets)
         totals["loss"] += float(loss_fn(outputs, targets)) * size
         for name, function in metrics.items():
             totals[name] += float(function(outputs, targets)) * size
         count += size
-    return {name: total / count for name, total in totals.items()}
+    return {name: total / count for name, total in totals.items()}, count
 
 
 def _plain_dtypes(torch):
