@@ -162,7 +162,7 @@ class WeightDiffCallback(keras.callbacks.Callback):
         self.reset_check = reset_check
         self.reset_every = reset_lib.check_every(reset_every)
         self.reset_batches = reset_lib.check_batches(reset_batches)
-        self.reset_batch_size = reset_lib.check_batches(reset_batch_size)
+        self.reset_batch_size = reset_lib.check_batches(reset_batch_size, "reset_batch_size")
         self.reset_groups = reset_groups
         self._blocks = reset_lib.check_blocks(reset_groups)
         self._reset_data = None

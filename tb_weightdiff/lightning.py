@@ -98,6 +98,7 @@ class WeightDiffCallback(Callback):
         reset_lib.check_blocks(reset_groups)
         self.reset_forward = reset_forward
         self.last_reset = None
+        self._checked = None  # the step of this fit's last reset check
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError("every_n_epochs must be an int >= 1, got %r" % (every_n_epochs,))
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -123,6 +124,7 @@ class WeightDiffCallback(Callback):
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+        self._checked = None
         if not trainer.is_global_zero:
             return
         optimizers = getattr(trainer, "optimizers", None) or []
@@ -159,7 +161,7 @@ class WeightDiffCallback(Callback):
         epochs = trainer.current_epoch
         if self.logger.last_step != epochs and epochs > 0:
             self.logger.log(epochs)
-        if getattr(self, "_checked", None) != self.logger.last_step:
+        if self._checked != self.logger.last_step:
             self._check(self.logger.last_step)
         self.logger.close()
         self.logger = None

@@ -56,10 +56,10 @@ class Group:
         return "Group(%r, %d tensors)" % (self.name, len(self.tags))
 
 
-def check_batches(batches):
-    """`batches` as an int >= 1, or ValueError."""
+def check_batches(batches, name="reset_batches"):
+    """`batches` (a count, or with `name` a batch size) as an int >= 1, or ValueError naming it."""
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError("the reset check's batch count must be an int >= 1, got %r" % (batches,))
+        raise ValueError("%s must be an int >= 1, got %r" % (name, batches))
     return batches
 
 

@@ -284,7 +284,7 @@ class WeightDiffLogger:
         """
         if not self.keep_reference:
             raise ValueError("reset_check needs reference=True: it puts back the weights of step 0")
-        max_batches = reset_lib.check_batches(max_batches)
+        max_batches = reset_lib.check_batches(max_batches, "max_batches")
         blocks = reset_lib.check_blocks(groups)
         if self._closed or not self.active:
             return None
