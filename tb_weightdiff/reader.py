@@ -115,9 +115,7 @@ def list_tensors(logdir, plugin_name):
     Our plugin's reset summaries (`metadata.is_reset_content`) are not
     weight series: `list_resets` lists them.
     """
-    listing = logdir.provider.list_tensors(
-        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name
-    )
+    listing = _listing(logdir, plugin_name)
     if plugin_name != metadata.PLUGIN_NAME:
         return listing
     return _of_kind(listing, reset=False)
@@ -125,11 +123,12 @@ def list_tensors(logdir, plugin_name):
 
 def list_resets(logdir):
     """`{run: {tag: TensorTimeSeries}}` of the reset summaries (the same listing call, memoised
-    by the plugin's `ListingMemo`)."""
-    listing = logdir.provider.list_tensors(
-        logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=metadata.PLUGIN_NAME
-    )
-    return _of_kind(listing, reset=True)
+    by `ListingMemo`)."""
+    return _of_kind(_listing(logdir, metadata.PLUGIN_NAME), reset=True)
+
+
+def _listing(logdir, plugin_name):
+    return logdir.provider.list_tensors(logdir.ctx, experiment_id=logdir.experiment_id, plugin_name=plugin_name)
 
 
 def _of_kind(listing, reset):
