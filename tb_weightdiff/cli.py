@@ -231,10 +231,10 @@ def _format_table(result):
 def _reset_cell(reset):
     if not reset:
         return "-"
-    undone = reset.get("undone")
+    undone, increase = reset.get("undone"), reset["increase"]
     share = "" if undone is None else " (%.0f%%%s)" % (100 * undone, ", " + reset["impact"] if reset["impact"] else "")
-    return "+%s%s" % (_number(reset["increase"]), share) if (reset["increase"] or 0) >= 0 else _number(
-        reset["increase"]) + share
+    sign = "+" if increase is not None and increase >= 0 else ""
+    return sign + _number(increase) + share
 
 
 # -- the command ----------------------------------------------------------------
