@@ -160,12 +160,36 @@ def create_summary_metadata(display_name=None, description=None, layer_type=None
     }
     if layer_type:
         fields["layer_type"] = str(layer_type)
-    content = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    return _plugin_metadata(fields, display_name or "", description or "")
+
+
+def _known_version(parsed, expected, kind):
+    """The `version` of parsed metadata content, which must be `expected`.
+
+    Raises:
+      UnsupportedVersionError: another version (written by a newer tb_weightdiff).
+      ValueError: no version at all.
+    """
+    try:
+        version = int(parsed["version"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError("malformed tb_weightdiff %smetadata: %s" % (kind, error)) from None
+    if version != expected:
+        raise UnsupportedVersionError(
+            "tb_weightdiff %sformat version %d is not supported by this reader "
+            "(it reads version %d); upgrade tb-weightdiff to read it" % (kind, version, expected)
+        )
+    return version
+
+
+def _plugin_metadata(fields, display_name, description):
+    """Our plugin's `SummaryMetadata` with `fields` as its JSON content (`DATA_CLASS_TENSOR`:
+    without it both TensorBoard loaders drop the data)."""
     return summary_pb2.SummaryMetadata(
-        display_name=display_name or "",
-        summary_description=description or "",
+        display_name=display_name,
+        summary_description=description,
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name=PLUGIN_NAME, content=content
+            plugin_name=PLUGIN_NAME, content=json.dumps(fields, separators=(",", ":")).encode("utf-8")
         ),
         data_class=summary_pb2.DATA_CLASS_TENSOR,
     )
@@ -188,15 +212,9 @@ def parse_plugin_metadata(content):
         raise TypeError("content must be bytes, not %s" % type(content).__name__)
     try:
         parsed = json.loads(bytes(content).decode("utf-8"))
-        version = int(parsed["version"])
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise ValueError("malformed tb_weightdiff metadata: %s" % error) from None
-    if version != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            "tb_weightdiff format version %d is not supported by this reader "
-            "(it reads version %d); upgrade tb-weightdiff to read it"
-            % (version, FORMAT_VERSION)
-        )
+    version = _known_version(parsed, FORMAT_VERSION, "")
     stat_count = parsed.get("stats")
     quantile_count = parsed.get("quantiles")
     if stat_count != len(STAT_FIELDS) or quantile_count != len(
@@ -457,13 +475,8 @@ def create_reset_metadata(name, tags, metrics=()):
         "tags": [str(tag) for tag in tags],
         "metrics": [str(metric) for metric in metrics],
     }
-    return summary_pb2.SummaryMetadata(
-        display_name=str(name),
-        summary_description="tb_weightdiff reset check: the loss with this layer put back to its initial weights",
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name=PLUGIN_NAME, content=json.dumps(fields, separators=(",", ":")).encode("utf-8")
-        ),
-        data_class=summary_pb2.DATA_CLASS_TENSOR,
+    return _plugin_metadata(
+        fields, str(name), "tb_weightdiff reset check: the loss with this layer put back to its initial weights"
     )
 
 
@@ -477,15 +490,7 @@ def parse_reset_metadata(content):
     parsed = _content_json(content)
     if parsed is None or parsed.get("kind") != RESET_KIND:
         raise ValueError("malformed tb_weightdiff reset metadata: not a JSON object of kind %r" % RESET_KIND)
-    try:
-        version = int(parsed["version"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError("malformed tb_weightdiff reset metadata: %s" % error) from None
-    if version != RESET_FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            "tb_weightdiff reset format version %d is not supported by this reader (it reads "
-            "version %d); upgrade tb-weightdiff to read it" % (version, RESET_FORMAT_VERSION)
-        )
+    version = _known_version(parsed, RESET_FORMAT_VERSION, "reset ")
     name, tags, metrics = parsed.get("name"), parsed.get("tags"), parsed.get("metrics", [])
     if (
         not isinstance(name, str)
