@@ -532,17 +532,18 @@ def _histogram_residuals(distributions, first, second, shift_a, shift_b, scales)
     `first` scaled by each of `scales` and rebinned onto `second`'s edges."""
     x_a, f_a = _cdf_table(distributions, first, shift_a)
     x_b, f_b = _cdf_table(distributions, second, shift_b)
-    grid_b = np.unique(x_b)
-    rows = []
-    for scale in scales:
-        # The scaled histogram's own extremes join the grid, so that mass a
-        # wrong scale pushes outside `second`'s range still costs its distance.
-        grid = np.union1d(grid_b, [x_a[0] * scale, x_a[-1] * scale])
-        difference = np.interp(grid, x_b, f_b, left=0.0, right=1.0) - np.interp(
-            grid / scale, x_a, f_a, left=0.0, right=1.0
-        )
-        rows.append(np.sum(np.diff(grid) * _mean_abs_linear(difference[:-1], difference[1:])))
-    return np.asarray(rows)
+    scales = np.asarray(scales, dtype=np.float64)[:, None]
+    # One row per scale: `second`'s breakpoints plus the scaled histogram's
+    # own extremes, so that mass a wrong scale pushes outside `second`'s
+    # range still costs its distance. A point that is already on the grid
+    # repeats, and a zero-length interval adds nothing.
+    grid = np.empty((scales.shape[0], x_b.size + 2))
+    grid[:, : x_b.size] = x_b
+    grid[:, x_b.size :] = x_a[[0, -1]] * scales
+    grid.sort(axis=1)
+    difference = np.interp(grid, x_b, f_b, left=0.0, right=1.0)
+    difference -= np.interp(grid / scales, x_a, f_a, left=0.0, right=1.0)
+    return np.sum(np.diff(grid, axis=1) * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1)
 
 
 def _quantile_residuals(distributions, first, second, shift_a, shift_b, scales):
@@ -554,7 +555,7 @@ def _quantile_residuals(distributions, first, second, shift_a, shift_b, scales):
     return np.sum(weights * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1)
 
 
-def rescale_fit(distributions, first, second):
+def rescale_fit(distributions, first, second, known=None):
     """How much of the change from step `first` to step `second` one rescaling explains.
 
     Weight decay on a tensor that no gradient reaches multiplies it by a
@@ -570,14 +571,17 @@ def rescale_fit(distributions, first, second):
       a rescaling explains all of it (exactly 0 for TensorBoard's min-to-max
       buckets), ~1 when it explains nothing; and `c`. `(None, None)` when
       either step is not valid or the two are identical.
+
+    `known`: optionally W1 between the two steps as `pairs` returns it,
+    `(mantissa, exponent)`, when the caller has it already.
     """
     if not (distributions.valid[first] and distributions.valid[second]):
         return None, None
     exponent = max(int(distributions.exponent[first]), int(distributions.exponent[second]))
     shift_a = int(distributions.exponent[first]) - exponent
     shift_b = int(distributions.exponent[second]) - exponent
-    mantissa, pair_exponent = distributions.pairs([first], [second])
-    unscaled = float(ldexp(mantissa, pair_exponent - exponent)[0])
+    mantissa, pair_exponent = known if known is not None else distributions.pairs([first], [second])
+    unscaled = float(np.reshape(ldexp(mantissa, np.asarray(pair_exponent) - exponent), -1)[0])
     rms_a, rms_b = float(distributions.rms[first]), float(distributions.rms[second])
     if not (unscaled > 0 and rms_a > 0 and rms_b > 0 and math.isfinite(rms_b / rms_a)):
         return None, None

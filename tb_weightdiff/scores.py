@@ -420,7 +420,8 @@ def _score(variable, layer_scale, distances):
         variable.movement = None if index is None else float(variable.shift_from_baseline[index])
     variable.movement_step = None if index is None else variable.steps[index]
     if index is not None and variable.movement > 0:
-        variable.rescale_residual, variable.rescale = _rescaling(variable, index)
+        known = (mantissa["baseline"][index], exponent["baseline"][index])
+        variable.rescale_residual, variable.rescale = _rescaling(variable, index, known)
         if variable.distributions.kind == "histogram":
             variable.fixed_edges = _fixed_edges(variable.distributions, 0, index)
 
@@ -445,7 +446,7 @@ def _largest_at(values):
     return int(np.argmax(np.where(finite, values, -np.inf)))
 
 
-def _rescaling(variable, index):
+def _rescaling(variable, index, known=None):
     """`(residual, scale)`: how much of the movement up to step `index` a rescaling leaves.
 
     With the distance from a reference (ours) this is exact: W - c W0 is
@@ -462,7 +463,7 @@ def _rescaling(variable, index):
             return None, None
         sine = math.sqrt(max(cosine * (2.0 - cosine), 0.0))
         return ratio * sine / change, ratio
-    return distance.rescale_fit(variable.distributions, 0, index)
+    return distance.rescale_fit(variable.distributions, 0, index, known)
 
 
 def settled_step(steps, per_step_shift, fraction):
