@@ -390,12 +390,14 @@ def check_histograms(values_list, steps=None):
     could produce: finite, non-negative counts (usually whole, but TensorBoard does not
     require it); edges of any value (TensorBoard writes NaN or infinite edges for
     weights that hold NaN or Inf: that is `diverged`, not damage)."""
-    for index, values in enumerate(values_list):
-        where = "step %d" % steps[index] if steps is not None else "row %d" % index
-        array = np.asarray(values)
+    def where(index):
+        return "step %d" % steps[index] if steps is not None else "row %d" % index
+
+    arrays = [np.asarray(values) for values in values_list]
+    for index, array in enumerate(arrays):
         if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "fiu":
             message = "malformed histogram at %s: shape %s, dtype %s, expected [k, 3] numbers" % (
-                where, array.shape, array.dtype)
+                where(index), array.shape, array.dtype)
             if array.ndim == 1 and array.dtype.kind == "f" and array.size >= len(STAT_FIELDS):
                 # A rank-1 tensor in the histograms' series: our own summary under a tag that
                 # add_histogram took first (both loaders keep one plugin per tag and run).
@@ -405,10 +407,16 @@ def check_histograms(values_list, steps=None):
                     "name + '/histogram')"
                 )
             raise ValueError(message)
-        array = array.astype(np.float64, copy=False)
-        with np.errstate(invalid="ignore"):
-            if not (np.isfinite(array[:, 2]) & (array[:, 2] >= 0)).all():
-                raise ValueError("damaged histogram at %s: a bucket count is not a finite number >= 0" % where)
+    if not arrays:
+        return
+    # The counts of every step at once: a logdir holds tens of thousands of these.
+    counts = np.concatenate([array[:, 2] for array in arrays]).astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(counts) & (counts >= 0))
+    if bad.any():
+        ends = np.cumsum([array.shape[0] for array in arrays])
+        index = int(np.searchsorted(ends, np.flatnonzero(bad)[0], side="right"))
+        raise ValueError("damaged histogram at %s: a bucket count is not a finite number >= 0" % where(index))
 
 
 class SummaryRows(collections.abc.Sequence):
