@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 from tensorboard import context as tb_context
 
 from tb_weightdiff import metadata
@@ -193,8 +194,7 @@ def read_resets(logdir, runs):
     for run in sorted(wanted):
         for tag in wanted[run]:
             info = parsed[run, tag]
-            points = data.get(run, {}).get(tag, [])
-            steps, values, _ = drop_orphaned_steps([int(p.step) for p in points], [p.numpy for p in points])
+            steps, values, _ = drop_orphaned_steps(*data.get(run, {}).get(tag, ([], [])))
             try:
                 decoded = [metadata.decode_reset(value, len(info.metrics)) for value in values]
             except ValueError as error:
@@ -532,19 +532,27 @@ def _too_large(error):
 def _read(logdir, plugin_name, runs, tags, too_large):
     """One `read_tensors` of `runs` x `tags`; an answer too large is read again in halves.
 
-    A single series too large to send is left out, its `(run, tag, message)`
-    appended to `too_large`.
+    Returns `{run: {tag: (steps, arrays)}}`: a list of int steps and a list
+    of numpy arrays, in the data server's order. A single series too large
+    to send is left out, its `(run, tag, message)` appended to `too_large`.
     """
     from tensorboard.data import provider as provider_lib  # pylint: disable=import-outside-toplevel
 
     try:
-        return logdir.provider.read_tensors(
+        stub = _data_server_stub(logdir.provider)
+        if stub is not None:
+            return _read_from_data_server(stub, logdir.experiment_id, plugin_name, runs, tags)
+        data = logdir.provider.read_tensors(
             logdir.ctx,
             experiment_id=logdir.experiment_id,
             plugin_name=plugin_name,
             downsample=ALL_SAMPLES,
             run_tag_filter=provider_lib.RunTagFilter(runs=list(runs), tags=list(tags)),
         )
+        return {
+            run: {tag: ([int(d.step) for d in points], [d.numpy for d in points]) for tag, points in by_tag.items()}
+            for run, by_tag in data.items()
+        }
     except Exception as error:  # pylint: disable=broad-except
         if not _too_large(error):
             raise
@@ -563,6 +571,87 @@ def _read(logdir, plugin_name, runs, tags, too_large):
             for run, series in _read(logdir, plugin_name, half_runs, half_tags, too_large).items():
                 result.setdefault(run, {}).update(series)
         return result
+
+
+def _data_server_stub(provider):
+    """The gRPC stub of TensorBoard's Rust data server behind `provider`, or None.
+
+    `GrpcDataProvider.read_tensors` turns every stored tensor into an array
+    on its own (`tensor_util.make_ndarray`, ~15 us each: 80 % of a raw read
+    of 20,000 histograms). Asking the same server through the provider's
+    stub and decoding each series' tensors as one buffer reads the same
+    arrays in a fifth of the time. Any other provider is read through its
+    public `read_tensors`.
+    """
+    while isinstance(provider, ListingMemo):
+        provider = provider._provider  # pylint: disable=protected-access
+    try:
+        from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
+        from tensorboard.data.proto import data_provider_pb2  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:  # pragma: no cover - every TensorBoard 2.x has both
+        return None
+    if not isinstance(provider, grpc_provider.GrpcDataProvider):
+        return None
+    stub = getattr(provider, "_stub", None)
+    return stub if stub is not None and hasattr(stub, "ReadTensors") else None
+
+
+def _read_from_data_server(stub, experiment_id, plugin_name, runs, tags):
+    """`read_tensors` through the data server's stub: `{run: {tag: (steps, arrays)}}`."""
+    # pylint: disable=import-outside-toplevel,protected-access
+    from tensorboard.data import grpc_provider
+    from tensorboard.data.proto import data_provider_pb2
+
+    request = data_provider_pb2.ReadTensorsRequest()
+    request.experiment_id = experiment_id
+    request.plugin_filter.plugin_name = plugin_name
+    request.run_tag_filter.runs.names.extend(sorted(runs))
+    request.run_tag_filter.tags.names.extend(sorted(tags))
+    request.downsample.num_points = ALL_SAMPLES
+    translate = getattr(grpc_provider, "_translate_grpc_error", contextlib.nullcontext)
+    with translate():
+        response = stub.ReadTensors(request)
+    result = {}
+    for run_entry in response.runs:
+        by_tag = result.setdefault(run_entry.run_name, {})
+        for tag_entry in run_entry.tags:
+            data = tag_entry.data
+            by_tag[tag_entry.tag_name] = ([int(step) for step in data.step], decode_tensors(data.value))
+    return result
+
+
+def decode_tensors(tensors):
+    """`TensorProto`s as numpy arrays, the same as `tensor_util.make_ndarray` gives one by one.
+
+    Tensors of one series share dtype and shape, and TensorBoard's writers
+    store their bytes in `tensor_content`: those are decoded as one buffer
+    (views of one array, each row its own tensor). Anything else (typed
+    value fields, shapes that change) goes tensor by tensor.
+    """
+    from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
+
+    if not tensors:
+        return []
+    first = tensors[0]
+    contents = [tensor.tensor_content for tensor in tensors]
+    try:
+        from tensorboard.compat.tensorflow_stub import dtypes  # pylint: disable=import-outside-toplevel
+
+        dtype = np.dtype(dtypes.as_dtype(first.dtype).as_numpy_dtype)
+    except Exception:  # pylint: disable=broad-except
+        dtype = None  # a dtype numpy has no name for: make_ndarray decides
+    shape = tuple(int(dim.size) for dim in first.tensor_shape.dim)
+    size = int(np.prod(shape, dtype=np.int64)) * (dtype.itemsize if dtype is not None else 0)
+    if (
+        dtype is not None
+        and dtype.kind in "fiub"
+        and size > 0
+        and all(len(content) == size for content in contents)
+        and all(t.dtype == first.dtype and t.tensor_shape == first.tensor_shape for t in tensors)
+    ):
+        stacked = np.frombuffer(b"".join(contents), dtype=dtype).reshape((len(tensors),) + shape).copy()
+        return list(stacked)
+    return [tensor_util.make_ndarray(tensor) for tensor in tensors]
 
 
 def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):
@@ -626,10 +715,7 @@ def _decode_runs(plugin_name, data, wanted, layer_types):
         for tag in sorted(data[run]):
             if tag not in wanted.get(run, ()):
                 continue
-            data_list = data[run][tag]
-            steps, values, restarts = drop_orphaned_steps(
-                [int(datum.step) for datum in data_list], [datum.numpy for datum in data_list]
-            )
+            steps, values, restarts = drop_orphaned_steps(*data[run][tag])
             table = None
             try:
                 if plugin_name == metadata.PLUGIN_NAME:

@@ -150,3 +150,58 @@ def test_a_data_server_that_never_starts_is_a_clear_error(tmp_path, monkeypatch)
     with pytest.raises(reader.LogdirError, match="data server exited"):
         with reader.open_logdir(str(tmp_path), loader="rust", timeout=5):
             pass
+
+
+def _tensor_protos():
+    """Series as TensorBoard stores them: `tensor_content` bytes, and the other encodings."""
+    from tensorboard.compat.proto import tensor_pb2
+    from tensorboard.util import tensor_util
+
+    rng = np.random.default_rng(7)
+    histograms = [tensor_util.make_tensor_proto(rng.normal(size=(30, 3))) for _ in range(4)]
+    stats = [tensor_util.make_tensor_proto(rng.normal(size=12).astype(np.float32)) for _ in range(3)]
+    counts = [tensor_util.make_tensor_proto(np.arange(6, dtype=np.int64) * k) for k in range(3)]
+    # Edges of different lengths per step: one buffer cannot hold them.
+    ragged = [tensor_util.make_tensor_proto(rng.normal(size=(k, 3))) for k in (30, 29, 31)]
+    # A typed value field instead of tensor_content (what a hand-written proto may use).
+    typed = tensor_pb2.TensorProto(dtype=1, float_val=[1.5, 2.5, 3.5])
+    typed.tensor_shape.dim.add(size=3)
+    mixed = [tensor_util.make_tensor_proto(np.ones(3, dtype=np.float32)), typed]
+    strings = [tensor_util.make_tensor_proto(np.array([b"a", b"bc"], dtype=object))]
+    return {"histograms": histograms, "stats": stats, "counts": counts, "ragged": ragged,
+            "mixed": mixed, "strings": strings, "empty": []}
+
+
+@pytest.mark.parametrize("name", ["histograms", "stats", "counts", "ragged", "mixed", "strings", "empty"])
+def test_tensors_decoded_as_one_buffer_equal_make_ndarray_one_by_one(name):
+    from tensorboard.util import tensor_util
+
+    tensors = _tensor_protos()[name]
+    decoded = reader.decode_tensors(tensors)
+    expected = [tensor_util.make_ndarray(tensor) for tensor in tensors]
+    assert len(decoded) == len(expected)
+    for got, want in zip(decoded, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want)
+    if decoded and name in ("histograms", "stats", "counts"):
+        # One buffer: rows of one array, which the caller may keep or change safely.
+        assert decoded[0].base is not None and decoded[0].base is decoded[-1].base
+        decoded[0][...] = 0
+        assert np.array_equal(reader.decode_tensors(tensors)[0], expected[0])
+
+
+def test_the_data_server_is_read_through_its_stub_and_gives_what_read_tensors_gives(tmp_path, monkeypatch):
+    _several_runs(tmp_path, count=2)
+    with reader.open_logdir(str(tmp_path), loader="rust") as opened:
+        assert reader._data_server_stub(opened.provider) is not None
+        fast = {name: _flatten(reader.read_series(opened, name)[0])
+                for name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME)}
+        fast_result = judge.analyze_logdir(opened)
+        monkeypatch.setattr(reader, "_data_server_stub", lambda provider: None)
+        public = {name: _flatten(reader.read_series(opened, name)[0])
+                  for name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME)}
+        public_result = judge.analyze_logdir(opened)
+    assert fast == public and all(fast.values())
+    assert fast_result == public_result
+    with reader.open_logdir(str(tmp_path), loader="python") as opened:
+        assert reader._data_server_stub(opened.provider) is None
