@@ -16,6 +16,7 @@
 | 6 | bench_cli.py | `tb-weightdiff report` wall time and peak memory | (loading and listing the logdir) |
 | 7 | bench_torch_write.py | `WeightDiffLogger.log` (PyTorch) | the `add_histogram` loop over every parameter |
 | 8 | bench_reset.py | the reset check, per layer (Keras, PyTorch) | one plain evaluation of the same batches |
+| 9 | bench_scale_write.py | one logged epoch of 1,000 tensors / 100M parameters (Keras, PyTorch; our device path on CPU) | Keras `_log_weights`; the `add_histogram` loop |
 
 Each script runs in its own process (TensorFlow, TensorBoard and Chromium
 come and go with it) and can be run alone. Benchmarks that need TensorFlow,
@@ -46,6 +47,7 @@ BENCHMARKS = {
     "6": "bench_cli.py",
     "7": "bench_torch_write.py",
     "8": "bench_reset.py",
+    "9": "bench_scale_write.py",
 }
 
 

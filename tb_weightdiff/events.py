@@ -24,7 +24,7 @@ from tensorboard.util import tensor_util
 from tb_weightdiff import metadata
 from tb_weightdiff import summary as summary_lib
 
-__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_reset", "write_weights"]
+__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_reset", "write_statistics", "write_weights"]
 
 # TensorBoard's own scalar metadata: the optimizer's state shows in the Scalars tab too.
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
@@ -75,6 +75,17 @@ def write_weights(
         overwrite_input=overwrite_input,
         layer_type=layer_type,
     )
+    writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
+
+
+def write_statistics(writer, name, values, step, layer_type=None):
+    """Adds one event holding an already computed stored vector at `step`.
+
+    For writers that compute the statistics elsewhere (on a GPU:
+    `tb_weightdiff.torch_summary.device_statistics`); `values` is the
+    rank-1 float64 vector of `summary.weight_statistics`'s layout.
+    """
+    summary = summary_lib._summary_pb(name, values, layer_type=layer_type)  # pylint: disable=protected-access
     writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary))
 
 

@@ -61,7 +61,8 @@ class WeightDiffCallback(Callback):
       log_dir: where to write; default the `log_dir` of the trainer's first
         `TensorBoardLogger`. Required when the trainer has none.
       every_n_epochs: log every this many epochs (>= 1).
-      reference, buffers, buckets: as in `WeightDiffLogger`.
+      reference, buffers, buckets, device_summary, device_reference: as in
+        `WeightDiffLogger` (by default tensors on a GPU are summarized there).
       reset_check: batches (a `DataLoader`) for the reset check
         (`WeightDiffLogger.reset_check`): when training ends, and every
         `reset_every` epochs, each layer is put back to its initial weights,
@@ -83,6 +84,7 @@ class WeightDiffCallback(Callback):
         self, log_dir=None, every_n_epochs=1, reference=True, buffers=False, buckets=None,
         reset_check=None, reset_loss=None, reset_metrics=None, reset_every=None,
         reset_batches=reset_lib.DEFAULT_BATCHES, reset_groups=None, reset_forward=None,
+        device_summary="auto", device_reference="auto",
     ):
         super().__init__()
         if reset_check is not None and reset_loss is None:
@@ -106,6 +108,11 @@ class WeightDiffCallback(Callback):
         self.reference = reference
         self.buffers = buffers
         self.buckets = buckets
+        # Checked here, where they are given, not when fit starts.
+        self.device_summary = torch_logger._check_choice(device_summary, "device_summary")  # pylint: disable=protected-access
+        self.device_reference = torch_logger._check_choice(  # pylint: disable=protected-access
+            device_reference, "device_reference", budget=True
+        )
         self.logger = None
 
     def _directory(self, trainer):
@@ -135,6 +142,8 @@ class WeightDiffCallback(Callback):
             buffers=self.buffers,
             optimizer=optimizers[0] if optimizers else None,
             buckets=self.buckets,
+            device_summary=self.device_summary,
+            device_reference=self.device_reference,
         )
 
     def on_train_epoch_end(self, trainer, pl_module):

@@ -149,23 +149,47 @@ def _histogram(sorted_finite, bucket_count):
     the left and the last one also on the right (numpy's `histogram` rule);
     counting is k - 1 binary searches in the sorted values.
     """
-    if bucket_count == 0:
-        return np.zeros((0, 3))
     if sorted_finite.size == 0:
-        return np.zeros((bucket_count, 3))
-    minimum, maximum = float(sorted_finite[0]), float(sorted_finite[-1])
-    if minimum == maximum:
-        edges = np.full(bucket_count, minimum, dtype=np.float64)
-        counts = np.zeros(bucket_count)
-        counts[-1] = sorted_finite.size
-        return np.stack([edges, edges, counts], axis=1)
+        return _assemble_histogram(bucket_count, 0, np.nan, np.nan, None)
+    return _assemble_histogram(
+        bucket_count,
+        sorted_finite.size,
+        float(sorted_finite[0]),
+        float(sorted_finite[-1]),
+        lambda inner_edges: _count_below(sorted_finite, inner_edges),
+    )
+
+
+def _histogram_edges(minimum, maximum, bucket_count):
+    """The k + 1 float64 bucket edges from `minimum` to `maximum` (`minimum < maximum`)."""
     # When the range itself overflows (values near +-1.8e308) the edges are
     # spaced on halves: halving and doubling are exact.
     scale = 1.0 if np.isfinite(maximum - minimum) else 0.5
     edges = np.linspace(minimum * scale, maximum * scale, bucket_count + 1) / scale
     edges[0], edges[-1] = minimum, maximum
-    positions = _count_below(sorted_finite, edges[1:-1])
-    counts = np.diff(np.concatenate([[0], positions, [sorted_finite.size]])).astype(np.float64)
+    return edges
+
+
+def _assemble_histogram(bucket_count, size, minimum, maximum, count_below):
+    """The `[k, 3]` histogram of `size` finite values from `minimum` to `maximum`.
+
+    `count_below(inner_edges)` says how many of the values are `< edge` for
+    each of the k - 1 inner edges; it is called only when `minimum < maximum`.
+    Shared by the numpy writer and `tb_weightdiff.torch_summary` (which
+    counts on the tensor's device).
+    """
+    if bucket_count == 0:
+        return np.zeros((0, 3))
+    if size == 0:
+        return np.zeros((bucket_count, 3))
+    if minimum == maximum:
+        edges = np.full(bucket_count, minimum, dtype=np.float64)
+        counts = np.zeros(bucket_count)
+        counts[-1] = size
+        return np.stack([edges, edges, counts], axis=1)
+    edges = _histogram_edges(minimum, maximum, bucket_count)
+    positions = np.asarray(count_below(edges[1:-1]))
+    counts = np.diff(np.concatenate([[0], positions, [size]])).astype(np.float64)
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
 
 
@@ -189,6 +213,11 @@ def _quantiles(sorted_finite):
     below, above, fraction, upper_half = _quantile_positions(sorted_finite.size)
     low = sorted_finite[below].astype(np.float64)
     high = sorted_finite[above].astype(np.float64)
+    return _interpolate(low, high, fraction, upper_half)
+
+
+def _interpolate(low, high, fraction, upper_half):
+    """`np.quantile`'s linear interpolation between the float64 neighbours `low` and `high`."""
     with np.errstate(over="ignore", invalid="ignore"):
         difference = high - low
         result = low + difference * fraction
@@ -220,6 +249,12 @@ def _moments(sorted_finite):
             values -= shift
             shifted_sum += float(np.add.reduce(values))
             shifted_square_sum += float(np.dot(values, values))
+    return _moments_from_sums(size, shift, square_sum, shifted_sum, shifted_square_sum)
+
+
+def _moments_from_sums(size, shift, square_sum, shifted_sum, shifted_square_sum):
+    """`(mean, std, l2_norm)` from the float64 sums `_moments` gathers (Python floats)."""
+    with np.errstate(over="ignore", invalid="ignore"):
         offset = shifted_sum / size
         variance = shifted_square_sum / size - offset * offset
     return shift + offset, float(np.sqrt(max(variance, 0.0))), float(np.sqrt(square_sum))
@@ -231,16 +266,28 @@ def _reference_statistics_direct(current, reference):
     ref = reference.astype(np.float64, copy=False)
     with np.errstate(all="ignore"):
         difference = current - ref
-        distance = float(np.sqrt(np.dot(difference, difference)))
-        reference_norm = float(np.sqrt(np.dot(ref, ref)))
-        current_norm = float(np.sqrt(np.dot(current, current)))
+        squares = (np.dot(difference, difference), np.dot(ref, ref), np.dot(current, current))
+
+        def direction_change_squared(current_norm, reference_norm):
+            direction_change = current / current_norm - ref / reference_norm
+            return np.dot(direction_change, direction_change)
+
+        return _reference_direct_from_squares(*squares, direction_change_squared)
+
+
+def _reference_direct_from_squares(difference_square, reference_square, current_square, direction_change_squared):
+    """The end of `_reference_statistics_direct`, given ||D||^2, ||W0||^2 and ||W||^2 and a
+    function computing ||W/||W|| - W0/||W0|| ||^2 from the two norms."""
+    with np.errstate(all="ignore"):
+        distance = float(np.sqrt(difference_square))
+        reference_norm = float(np.sqrt(reference_square))
+        current_norm = float(np.sqrt(current_square))
         if distance == 0.0:
             return reference_norm, 0.0, 0.0, 0.0
         relative_change = distance / reference_norm if reference_norm > 0 else np.nan
         if reference_norm > 0 and current_norm > 0:
-            direction_change = current / current_norm - ref / reference_norm
             cosine_distance = float(
-                min(2.0, 0.5 * np.dot(direction_change, direction_change))
+                min(2.0, 0.5 * direction_change_squared(current_norm, reference_norm))
             )
         else:
             cosine_distance = np.nan
@@ -294,8 +341,24 @@ def _reference_statistics(values, reference):
             difference_square += float(np.dot(current, current))
             cross += float(np.dot(current, ref))
         sums = (current_square, reference_square, difference_square, cross)
+        found = _reference_from_sums(
+            sums, lambda current_norm, reference_norm: _direction_change_squared(
+                values, reference, current_norm, reference_norm)
+        )
+    if found is None:
+        return _reference_statistics_direct(values, reference)
+    return found
+
+
+def _reference_from_sums(sums, direction_change_squared):
+    """The end of `_reference_statistics`, from its four float64 sums (||W||^2, ||W0||^2,
+    ||D||^2, D.W0); None when a sum is not finite (then the direct route applies).
+    `direction_change_squared(||W||, ||W0||)` is the elementwise second pass, called
+    only where the terms cancel. Shared with `tb_weightdiff.torch_summary`."""
+    current_square, reference_square, difference_square, cross = sums
+    with np.errstate(all="ignore"):
         if not all(math.isfinite(s) for s in sums):
-            return _reference_statistics_direct(values, reference)
+            return None
         distance = math.sqrt(difference_square)
         reference_norm = math.sqrt(reference_square)
         current_norm = math.sqrt(current_square)
@@ -310,7 +373,7 @@ def _reference_statistics(values, reference):
         if squared > 1e-6 * sum(abs(term) for term in terms):
             squared /= current_square
         else:
-            squared = _direction_change_squared(values, reference, current_norm, reference_norm)
+            squared = direction_change_squared(current_norm, reference_norm)
     return reference_norm, distance, float(relative_change), min(2.0, max(0.0, 0.5 * squared))
 
 

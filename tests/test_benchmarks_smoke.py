@@ -6,6 +6,7 @@ TensorFlow is absent (the no-TF job) the TensorFlow benchmarks must report
 themselves as skipped instead of failing.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.py")
 HAVE_BROWSER = os.path.exists("/usr/bin/chromium")
-BENCHMARKS = ("1 write", "2 summary op", "3 logdir", "4 render", "5 memory", "6 cli", "7 torch write", "8 reset check")
+BENCHMARKS = ("1 write", "2 summary op", "3 logdir", "4 render", "5 memory", "6 cli", "7 torch write", "8 reset check",
+              "9 write at scale")
 
 
 def _table_rows(stdout):
@@ -70,6 +72,8 @@ def test_the_peers_are_measured_in_the_same_run(smoke_run):
     assert any("tb-weightdiff report" in line for line in rows["6 cli"])
     if HAVE_BROWSER:
         assert any("tab drawn" in line for line in rows["4 render"])
+    if importlib.util.find_spec("torch") is not None:
+        assert any("add_histogram loop" in line for line in rows["9 write at scale"])
 
 
 def test_tensorflow_benchmarks_run_or_say_why_not(smoke_run):

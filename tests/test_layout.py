@@ -14,7 +14,7 @@ LAYERS = [
     {"version"},
     {"metadata", "distribute"},
     {"summary", "distance", "reader"},
-    {"scores", "events"},
+    {"scores", "events", "torch_summary"},
     {"verdicts", "reset"},
     {"judge"},
     {"cache"},
