@@ -66,11 +66,12 @@ def test_table_heatmap_overlay_slider_and_export(planted, tensorboard_process, p
     assert "bit-identical" in frozen.inner_text()
 
     # The heatmap: one cell per layer and step after the baseline, with a legend and hover values.
-    cells = planted_run.locator("svg.heatmap rect.heatmap-cell")
-    assert cells.count() == 4 * 5
+    heat = planted_run.locator("canvas.heatmap")
+    assert (heat.get_attribute("data-rows"), heat.get_attribute("data-columns")) == ("4", "5")
     assert planted_run.locator("svg.legend").count() == 1
-    cells.nth(0).hover()
-    assert "per-step shift" in planted_run.locator(".heatmap-readout").inner_text()
+    heat.hover(position=_cell_position(heat, 2, 0))
+    assert planted_run.locator(".heatmap-readout").inner_text() == planted_run.locator(".heatmap-tip").inner_text()
+    assert planted_run.locator(".heatmap-readout").inner_text().startswith("model/frozen, step 1: per-step shift 0")
     _screenshot(page, "tab-table-heatmap.png")
 
     # Expand a layer, open a variable: the A/B overlay defaults to baseline vs last.
@@ -215,7 +216,7 @@ def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
     assert summary_line.inner_text().startswith("6 logged steps")
     # A poll that finds nothing new redraws nothing: the same table element stays, an open row stays open.
     frame.locator('section.run[data-run="planted"] tr.layer-row[data-layer="model/dense"]').click()
-    frame.locator('section.run[data-run="planted"] table.layers').evaluate("table => { table.dataset.marked = 'yes'; }")
+    frame.locator("section.run table.layers").evaluate_all("tables => tables.forEach(t => { t.dataset.marked = 'yes'; })")
     before = frame.locator(".updated").inner_text()
     page.wait_for_timeout(1100)  # "last updated" shows seconds: let the next one differ
     frame.locator("button", has_text="Refresh now").click()
@@ -223,9 +224,12 @@ def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
     assert frame.locator('section.run[data-run="planted"] table.layers[data-marked="yes"]').count() == 1
     append_step(logdir, series, 6)
     summary_line.filter(has_text="7 logged steps").wait_for(timeout=40000)
-    assert frame.locator('section.run[data-run="planted"] svg.heatmap rect.heatmap-cell').count() == 4 * 6
-    # New data: redrawn, and the row the user opened is still open.
+    heat = frame.locator('section.run[data-run="planted"] canvas.heatmap')
+    assert (heat.get_attribute("data-rows"), heat.get_attribute("data-columns")) == ("4", "6")
+    # New data in one run: that run's section is drawn again, the others stay as they were,
+    # and the row the user opened is still open.
     assert frame.locator('section.run[data-run="planted"] table.layers[data-marked="yes"]').count() == 0
+    assert frame.locator('section.run:not([data-run="planted"]) table.layers[data-marked="yes"]').count() == 2
     assert frame.locator('section.run[data-run="planted"] tr.variable-row[data-tag="model/dense/kernel"]').count() == 1
     assert "last updated" in frame.locator(".updated").inner_text()
     assert page.errors == []
@@ -310,39 +314,98 @@ def _write_wide_run(logdir, blocks=250, steps=6):
     writer.close()
 
 
-def test_a_2000_series_run_draws_without_errors_groups_blocks_and_filters_by_name(tmp_path, tensorboard_process, page):
+def _cell_position(canvas, row, column):
+    """Where cell (row, column) of a heatmap canvas is, in its own pixels, with its box scrolled to the top."""
+    data = canvas.evaluate("c => ({...c.dataset})")
+    cell, height = int(data["cell"]), int(data["rowHeight"])
+    return {"x": int(data["labelWidth"]) + column * cell + cell // 2, "y": int(data["axisHeight"]) + row * height + height // 2}
+
+
+def _rendered(run, selector="tr.layer-row, tr.group-row, tr.variable-row"):
+    return run.locator("table.layers tbody").locator(selector).count()
+
+
+def test_a_2000_series_run_draws_only_what_is_on_screen(tmp_path, tensorboard_process, page):
     logdir = tmp_path / "logs"
     _write_wide_run(logdir)
     server = tensorboard_process(logdir)
     server.wait_for(lambda j: len(j["runs"]) == 1 and len(j["runs"][0]["tags"]) == 2000, "/data/plugin/tb_weightdiff/runs")
     frame = _open_tab(page, server, [], rows="section.run table.layers tr.group-row")
     run = frame.locator('section.run[data-run="wide"]')
-    # Grouped by block: one row (and one heatmap row) per transformer block, each with its worst verdict and counts.
-    groups = run.locator("tr.group-row")
-    assert groups.count() == 250 and run.locator("tr.layer-row").count() == 0
-    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 250 * 5
-    block = run.locator('tr.group-row[data-group="model.layers.17"]')
-    assert block.get_attribute("data-layers") == "8" and "8 learning" in block.inner_text()
-    block.click()
+    scroller = run.locator(".table-scroll")
+    table = run.locator("table.layers")
+    # Grouped by block: 250 rows in the table's model, a few dozen of them in the DOM, the scroll box as tall as all.
+    assert table.get_attribute("aria-rowcount") == "251"
+    drawn = _rendered(run)
+    assert 10 < drawn < 200 and run.locator("tr.layer-row").count() == 0
+    height = run.locator("tr.group-row").first.evaluate("r => r.offsetHeight")
+    assert scroller.evaluate("s => s.scrollHeight") >= 0.9 * 250 * height
+    # Scrolling brings the last blocks into the DOM, still a bounded number of rows.
+    scroller.evaluate("s => { s.scrollTop = s.scrollHeight; }")
+    run.locator('tr[aria-rowindex="251"]').wait_for()
+    assert _rendered(run) < 200
+    scroller.evaluate("s => { s.scrollTop = 0; }")
+    run.locator('tr[aria-rowindex="2"]').wait_for()
+
+    # The heatmap: one canvas row per block, painted (not blank), only as tall as its box.
+    heat = run.locator("canvas.heatmap")
+    assert (heat.get_attribute("data-rows"), heat.get_attribute("data-columns")) == ("250", "5")
+    assert frame.locator("section.run svg.heatmap, section.run rect.heatmap-cell").count() == 0
+    assert heat.evaluate("c => c.getBoundingClientRect().height") < 500
+    painted = heat.evaluate("""c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200) n++; return n; }""")
+    assert painted > 1000
+    # Hover describes a cell; scrolled to its last row and clicked, it brings that block's row into the table.
+    run.locator(".heatmap-box").evaluate("b => { b.scrollTop = b.scrollHeight; }")
+    frame.wait_for_function("() => document.querySelector('canvas.heatmap').dataset.lastRow === '249'")
+    box = heat.bounding_box()
+    heat.hover(position={"x": _cell_position(heat, 0, 4)["x"], "y": box["height"] - 5})
+    described = run.locator(".heatmap-readout").inner_text()
+    block = described.split(" (")[0]
+    assert block.startswith("model.layers.") and ", step 5: per-step shift " in described
+    heat.click(position={"x": _cell_position(heat, 0, 4)["x"], "y": box["height"] - 5})
+    current = run.locator("tr.current")
+    assert current.get_attribute("data-group") == block and current.get_attribute("aria-rowindex") == "251"
+    assert scroller.evaluate("s => s.scrollTop") > 0
+
+    # A block expands to its 8 layers and collapses again; the table keeps its scroll position meanwhile.
+    top = scroller.evaluate("s => s.scrollTop")
+    current.click()
     members = run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
-    assert len(members) == 8 and all(name.startswith("model.layers.17.") for name in members)
-    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == (249 + 8) * 5
+    assert len(members) == 8 and all(name.startswith(block + ".") for name in members)
+    assert table.get_attribute("aria-rowcount") == "259"
+    assert run.locator("canvas.heatmap").get_attribute("data-rows") == "257"
+    assert abs(scroller.evaluate("s => s.scrollTop") - top) < 2 and _rendered(run) < 200
+    # The keyboard: the row clicked keeps focus across the redraw, arrows walk the rows, Enter toggles.
+    focused = lambda: frame.evaluate("() => document.activeElement.dataset.group || document.activeElement.dataset.layer || ''")
+    assert focused() == block
+    page.keyboard.press("ArrowDown")
+    assert focused() == members[0]
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("Enter")
+    run.locator("tr.layer-row").first.wait_for(state="detached")
+    assert run.locator("tr.layer-row").count() == 0 and focused() == block
+    page.keyboard.press("Home")
+    assert run.locator("tr.group-row").first.get_attribute("aria-rowindex") == "2" and focused() != block
     _screenshot(page, "tab-wide-grouped.png")
-    run.locator('tr.group-row[data-group="model.layers.17"]').click()
-    assert run.locator("tr.layer-row").count() == 0
-    # Ungrouped: every one of the 2,000 layers, ~10^4 heatmap values (no RangeError).
+
+    # Ungrouped: 2,000 layers in the table's model, still a bounded number in the DOM; a 2,000-row heatmap.
     frame.locator('input[name="group-blocks"]').uncheck()
-    assert run.locator("tr.layer-row").count() == 2000
-    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 2000 * 5
+    assert table.get_attribute("aria-rowcount") == "2001"
+    assert 10 < _rendered(run) < 200
+    assert run.locator("canvas.heatmap").get_attribute("data-rows") == "2000"
+    scroller.evaluate("s => { s.scrollTop = s.scrollHeight; }")
+    run.locator('tr[aria-rowindex="2001"]').wait_for()
+    assert _rendered(run) < 200
     frame.locator('input[name="group-blocks"]').check()
-    # Found by name: a filter opens the blocks it picks layers from.
+    # Found by name: a filter opens the blocks it picks layers from, and the heatmap follows it.
     box = frame.locator('input[name="layer-filter"]')
     box.fill(r"layers\.17\.")
     names = run.locator("tr.layer-row").evaluate_all("rows => rows.map(r => r.dataset.layer)")
     assert len(names) == 8 and all(name.startswith("model.layers.17.") for name in names)
     assert run.locator("tr.group-row").count() == 1
     assert "showing 8 of 2000" in run.locator(".run-summary").inner_text()
-    assert frame.locator("svg.heatmap rect.heatmap-cell").count() == 8 * 5  # the heatmap follows the filter
+    assert run.locator("canvas.heatmap").get_attribute("data-rows") == "8"
     # Kept in the tab's URL hash: a reloaded tab keeps it.
     assert "#layers=" in frame.url
     frame.goto(frame.url)
@@ -355,7 +418,8 @@ def test_a_2000_series_run_draws_without_errors_groups_blocks_and_filters_by_nam
     assert "invalid" in box.get_attribute("class")
     assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 0
     box.fill("down_proj")
-    assert frame.locator('section.run[data-run="wide"] tr.layer-row').count() == 250
+    assert frame.locator('section.run[data-run="wide"] table.layers').get_attribute("aria-rowcount") == "251"
+    assert 10 < _rendered(frame.locator('section.run[data-run="wide"]'), "tr.layer-row") < 200
     _screenshot(page, "tab-wide-run.png")
     assert page.errors == []
 

@@ -1,8 +1,9 @@
-// Hand-written SVG charts: sparkline, heatmap, A/B overlay with difference,
-// ridgeline, small line charts. A few hundred lines of SVG cover what the tab
+// Hand-written charts: sparkline, A/B overlay with difference, ridgeline,
+// small line charts and the legend in SVG; the heatmap on a canvas painted for
+// the rows in view (thousands of cells). A few hundred lines cover what the tab
 // draws, so no charting library is vendored (see the README).
 
-import {svg, tooltip} from './dom.js';
+import {el, svg, tooltip} from './dom.js';
 import {density, densityDifference, finiteRange, formatNumber, sampleIndices} from './model.js';
 
 // Okabe-Ito, a palette that colour-blind readers can tell apart.
@@ -69,43 +70,235 @@ export function sparkline(values, {width = 120, height = 24} = {}) {
   return root;
 }
 
+const HEATMAP = {labelWidth: 220, rowHeight: 18, axisHeight: 20, maxRowsHeight: 414, font: '11px Roboto, "Helvetica Neue", Arial, sans-serif'};
+
 /**
- * Heatmap of per-step shift: one row per layer, one column per logged step.
- * @param {{steps: number[], layers: Array<{name: string, per_step_shift: Array<?number>, steps: number[]}>}} run
- * @param {function(string, number, ?number)=} onHover called with (layer, step, value) on hover
- * @return {SVGElement}
+ * Heatmap of per-step shift, one row per layer (or collapsed block), one
+ * column per logged step after the baseline, drawn on a <canvas> that is as
+ * large as what is on screen: thousands of rows scroll inside their box and
+ * only the rows in view are painted (devicePixelRatio-aware). The pointer or
+ * the arrow keys (the canvas takes focus) read a cell; a click or Enter picks
+ * its row.
+ * @param {{steps: number[]}} run
+ * @param {Array<{name: string, steps: number[], per_step_shift: Array<?number>, key: string}>} rows
+ * @param {{hover: function(?Object), select: function(Object, number)}} on hover({row, step, value}) when
+ *   the cell under the pointer or cursor changes (null when it leaves); select(row, index) on click or Enter
+ * @return {HTMLElement} its box; `.scale` the colour scale, `.canvas`, `.viewState()` and
+ *   `.restore(state)` keep scroll, cursor and focus across redraws
  */
-export function heatmap(run, layers, onHover) {
+export function heatmap(run, rows, on = {}) {
+  const {labelWidth, rowHeight, axisHeight, maxRowsHeight} = HEATMAP;
   const steps = run.steps.slice(1);  // the baseline has no previous step
-  const labelWidth = 220;
-  const cell = Math.max(4, Math.min(28, Math.floor(800 / Math.max(1, steps.length))));
-  const rowHeight = 18;
-  const width = labelWidth + cell * steps.length + 10;
-  const height = rowHeight * layers.length + 30;
-  const scale = logColourScale(layers.flatMap((layer) => layer.per_step_shift));
-  const root = svg('svg', {width, height, class: 'heatmap', role: 'img'});
-  layers.forEach((layer, row) => {
-    const y = row * rowHeight;
-    root.appendChild(svg('text', {x: labelWidth - 6, y: y + rowHeight * 0.7, 'text-anchor': 'end', class: 'heatmap-label', text: layer.name}));
-    const valueByStep = new Map(layer.steps.map((step, i) => [step, layer.per_step_shift[i]]));
-    steps.forEach((step, column) => {
-      const value = valueByStep.has(step) ? valueByStep.get(step) : null;
-      const rect = svg('rect', {
-        x: labelWidth + column * cell, y, width: cell - 1, height: rowHeight - 1,
-        fill: scale.colour(value), class: 'heatmap-cell',
-        dataset: {layer: layer.name, step: String(step), value: value === null ? '' : String(value)},
-        onmouseenter: () => onHover && onHover(layer.name, step, value),
-      }, [tooltip(`${layer.name}, step ${step}: per-step shift ${formatNumber(value)}`)]);
-      root.appendChild(rect);
+  const columns = steps.length;
+  const cell = Math.max(4, Math.min(28, Math.floor(800 / Math.max(1, columns))));
+  const width = labelWidth + cell * columns + 10;
+  const rowsHeight = Math.min(rows.length * rowHeight, maxRowsHeight);
+  const height = axisHeight + rowsHeight;
+  // One value per cell, NaN where the row has none; the colour scale over all of them.
+  const values = new Float64Array(rows.length * columns).fill(NaN);
+  const column = new Map(steps.map((step, i) => [step, i]));
+  rows.forEach((row, r) => {
+    row.steps.forEach((step, i) => {
+      const c = column.get(step);
+      const value = row.per_step_shift[i];
+      if (c !== undefined && value !== null && value !== undefined) values[r * columns + c] = value;
     });
   });
-  const axisY = rowHeight * layers.length + 14;
-  for (const index of sampleIndices(steps.length, 8)) {
-    root.appendChild(svg('text', {x: labelWidth + index * cell + cell / 2, y: axisY, 'text-anchor': 'middle', class: 'axis-label', text: String(steps[index])}));
-  }
-  root.appendChild(svg('text', {x: labelWidth - 6, y: axisY, 'text-anchor': 'end', class: 'axis-label', text: 'step'}));
-  root.scale = scale;
-  return root;
+  const scale = logColourScale(values);
+  const valueAt = (r, c) => (Number.isNaN(values[r * columns + c]) ? null : values[r * columns + c]);
+  let peak = null;
+  values.forEach((value, i) => {
+    if (Number.isFinite(value) && (peak === null || value > values[peak])) peak = i;
+  });
+  const summary = `Heatmap of per-step shift: ${rows.length} rows (layers or blocks) × ${columns} steps, `
+    + `log colour scale from ${formatNumber(scale.low)} to ${formatNumber(scale.high)}`
+    + (peak === null ? '' : `; largest ${formatNumber(values[peak])} at ${rows[Math.floor(peak / columns)].name}, step ${steps[peak % columns]}`)
+    + '. Arrow keys read the cells, Enter shows the row in the table.';
+  const canvas = el('canvas', {class: 'heatmap', tabindex: '0', role: 'img', 'aria-label': summary,
+    dataset: {rows: String(rows.length), columns: String(columns), cell: String(cell), rowHeight: String(rowHeight),
+      labelWidth: String(labelWidth), axisHeight: String(axisHeight)}}, [summary]);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const box = el('div', {class: 'heatmap-box'}, [canvas, el('div', {class: 'heatmap-spacer', 'aria-hidden': 'true'})]);
+  box.style.height = `${height}px`;
+  box.style.maxWidth = '100%';
+  box.style.width = `${width + 16}px`;
+  box.lastChild.style.height = `${rows.length * rowHeight - rowsHeight}px`;
+  const tip = el('div', {class: 'heatmap-tip', 'aria-hidden': 'true'});
+  const wrap = el('div', {class: 'heatmap-wrap'}, [box, tip]);
+  let cursor = null;  // {r, c}: the cell the keyboard or a click is on
+  let hovered = null;
+  const labels = new Map();
+  let ratio = 0;
+  let context = null;
+
+  const label = (r) => {
+    if (!labels.has(r)) {
+      // Long names keep their end (the part that tells layers apart).
+      let text = rows[r].name;
+      const room = labelWidth - 10;
+      if (context.measureText(text).width > room) {
+        let low = 0;
+        let high = text.length;
+        while (low < high) {
+          const middle = Math.floor((low + high) / 2);
+          if (context.measureText(`…${text.slice(middle)}`).width <= room) high = middle; else low = middle + 1;
+        }
+        text = `…${text.slice(low)}`;
+      }
+      labels.set(r, text);
+    }
+    return labels.get(r);
+  };
+
+  const draw = () => {
+    const dpr = window.devicePixelRatio || 1;
+    if (dpr !== ratio) {
+      ratio = dpr;
+      canvas.width = Math.round(width * dpr);
+      canvas.height = Math.round(height * dpr);
+      context = canvas.getContext('2d');
+      labels.clear();
+    }
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.font = HEATMAP.font;
+    context.fillStyle = '#ffffff';
+    context.fillRect(0, 0, width, height);
+    const top = box.scrollTop;
+    const first = Math.max(0, Math.floor(top / rowHeight));
+    const last = Math.min(rows.length - 1, Math.floor((top + rowsHeight - 1) / rowHeight));
+    context.save();
+    context.beginPath();
+    context.rect(0, axisHeight, width, rowsHeight);
+    context.clip();
+    context.textAlign = 'end';
+    context.textBaseline = 'middle';
+    for (let r = first; r <= last; r++) {
+      const y = axisHeight + r * rowHeight - top;
+      context.fillStyle = '#424242';
+      context.fillText(label(r), labelWidth - 6, y + rowHeight / 2);
+      for (let c = 0; c < columns; c++) {
+        context.fillStyle = scale.colour(valueAt(r, c));
+        context.fillRect(labelWidth + c * cell, y, cell - 1, rowHeight - 1);
+      }
+    }
+    for (const [mark, colour] of [[hovered, '#9e9e9e'], [cursor, '#212121']]) {
+      if (!mark || mark.r < first || mark.r > last) continue;
+      context.strokeStyle = colour;
+      context.lineWidth = 2;
+      context.strokeRect(labelWidth + mark.c * cell + 1, axisHeight + mark.r * rowHeight - top + 1, cell - 3, rowHeight - 3);
+    }
+    context.restore();
+    context.fillStyle = '#424242';
+    context.textBaseline = 'middle';
+    context.textAlign = 'end';
+    context.fillText('step', labelWidth - 6, axisHeight / 2);
+    context.textAlign = 'center';
+    for (const index of sampleIndices(columns, 8)) {
+      context.fillText(String(steps[index]), labelWidth + index * cell + cell / 2, axisHeight / 2);
+    }
+    canvas.dataset.firstRow = String(first);
+    canvas.dataset.lastRow = String(last);
+    canvas.dataset.drawn = String(Number(canvas.dataset.drawn || 0) + 1);
+  };
+  let pending = false;
+  const redraw = () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      draw();
+    });
+  };
+
+  const cellAt = (event) => {
+    const bounds = canvas.getBoundingClientRect();
+    const x = event.clientX - bounds.left;
+    const y = event.clientY - bounds.top - axisHeight;
+    if (y < 0 || y >= rowsHeight) return null;
+    const r = Math.floor((y + box.scrollTop) / rowHeight);
+    if (r < 0 || r >= rows.length) return null;
+    // Over the labels: the row's first cell.
+    const c = x < labelWidth ? 0 : Math.floor((x - labelWidth) / cell);
+    return c < columns ? {r, c} : null;
+  };
+  const describe = (at) => (at ? {row: rows[at.r], index: at.r, step: steps[at.c], value: valueAt(at.r, at.c)} : null);
+  canvas.addEventListener('mousemove', (event) => {
+    const at = cellAt(event);
+    if ((at && hovered && at.r === hovered.r && at.c === hovered.c) || (!at && !hovered)) {
+      if (at) placeTip(event);
+      return;
+    }
+    hovered = at;
+    canvas.style.cursor = at ? 'pointer' : '';
+    if (at) {
+      const cellInfo = describe(at);
+      tip.textContent = `${cellInfo.row.name}, step ${cellInfo.step}: per-step shift ${formatNumber(cellInfo.value)}`;
+      tip.style.display = 'block';
+      placeTip(event);
+    } else {
+      tip.style.display = 'none';
+    }
+    if (on.hover) on.hover(describe(at));
+    redraw();
+  });
+  const placeTip = (event) => {
+    const bounds = wrap.getBoundingClientRect();
+    tip.style.left = `${event.clientX - bounds.left + 12}px`;
+    tip.style.top = `${event.clientY - bounds.top + 14}px`;
+  };
+  canvas.addEventListener('mouseleave', () => {
+    hovered = null;
+    tip.style.display = 'none';
+    redraw();
+  });
+  const pick = (at) => {
+    cursor = at;
+    if (on.hover) on.hover(describe(at));
+    if (on.select) on.select(rows[at.r], at.r);
+    redraw();
+  };
+  canvas.addEventListener('click', (event) => {
+    const at = cellAt(event);
+    if (at) pick(at);
+  });
+  const reveal = (r) => {
+    const top = r * rowHeight;
+    if (top < box.scrollTop) box.scrollTop = top;
+    else if (top + rowHeight > box.scrollTop + rowsHeight) box.scrollTop = top + rowHeight - rowsHeight;
+  };
+  const visibleRows = Math.max(1, Math.floor(rowsHeight / rowHeight));
+  canvas.addEventListener('keydown', (event) => {
+    if (!rows.length || !columns) return;
+    const at = cursor || {r: Math.min(rows.length - 1, Math.floor(box.scrollTop / rowHeight)), c: 0};
+    const moves = {ArrowDown: [1, 0], ArrowUp: [-1, 0], ArrowRight: [0, 1], ArrowLeft: [0, -1],
+      PageDown: [visibleRows, 0], PageUp: [-visibleRows, 0], Home: [-rows.length, 0], End: [rows.length, 0]};
+    if (event.key === 'Enter' || event.key === ' ') {
+      event.preventDefault();
+      pick(at);
+      return;
+    }
+    if (!moves[event.key]) return;
+    event.preventDefault();
+    const [dr, dc] = cursor ? moves[event.key] : [0, 0];
+    cursor = {r: Math.max(0, Math.min(rows.length - 1, at.r + dr)), c: Math.max(0, Math.min(columns - 1, at.c + dc))};
+    reveal(cursor.r);
+    if (on.hover) on.hover(describe(cursor));
+    redraw();
+  });
+  box.addEventListener('scroll', redraw, {passive: true});
+  draw();
+  wrap.scale = scale;
+  wrap.canvas = canvas;
+  wrap.viewState = () => ({scrollTop: box.scrollTop, cursor, focused: document.activeElement === canvas});
+  wrap.restore = (state) => {
+    if (!state) return;
+    box.scrollTop = state.scrollTop;
+    if (state.cursor && state.cursor.r < rows.length && state.cursor.c < columns) cursor = state.cursor;
+    if (state.focused) canvas.focus({preventScroll: true});
+    draw();
+  };
+  return wrap;
 }
 
 /** The heatmap's colour legend: a log gradient with its ends labelled. */

@@ -38,8 +38,10 @@ class WeightDiffTab {
       autoRefresh: true,
       intervalMs: DEFAULT_INTERVAL_MS,
     };
-    this.fetchVerdicts = latestOnly((route) => fetchText(route));
+    this.fetchVerdicts = latestOnly((route, pending = null) => pending || fetchText(route));
     this.resultText = null;  // the last /verdicts answer drawn: an equal answer redraws nothing
+    this.sections = new Map();  // run -> its drawn section
+    this.signatures = new Map();  // run -> its JSON as drawn: a new answer redraws only the runs that changed
     this.fetchDetail = latestOnly((route) => fetchJson(route));
     this.fetchComparison = latestOnly((route) => fetchJson(route));
     this.bar = controls(this.state, {
@@ -97,15 +99,21 @@ class WeightDiffTab {
     return chosen.length === this.state.runs.length ? [] : chosen;
   }
 
-  async refresh() {
+  /**
+   * Fetches the listing and the verdicts and draws what changed.
+   * @param {?{runs: Promise, verdicts: Promise}} early the first refresh's answers, asked for while the
+   *   contract loaded (the whole logdir with the default thresholds)
+   */
+  async refresh(early = null) {
     try {
-      const listing = await fetchJson('./runs');
+      const listing = await (early ? early.runs : fetchJson('./runs'));
       this.state.listing = listing;
       this.state.runs = [...new Set(listing.runs.map((entry) => entry.run))].sort();
       this.bar.updateRuns(this.state.runs, this.state.deselected);
       if (!this.state.runs.length) {
         this.state.result = {runs: []};
         this.message.replaceChildren();
+        this.sections.clear();
         this.runsBox.replaceChildren(emptyState());
         this.bar.updateTime(new Date());
         return;
@@ -113,11 +121,14 @@ class WeightDiffTab {
       const chosen = this.selectedRuns();
       if (this.state.runs.length && chosen.length === 0 && this.state.deselected.size >= this.state.runs.length) {
         this.state.result = {runs: []};
+        this.sections.clear();
         this.runsBox.replaceChildren(el('p', {class: 'muted', text: 'No run selected.'}));
         this.bar.updateTime(new Date());
         return;
       }
-      const text = await this.fetchVerdicts('./verdicts' + query({run: chosen, ...this.thresholdParameters()}));
+      const parameters = this.thresholdParameters();
+      const whole = early && !chosen.length && !Object.keys(parameters).length;
+      const text = await this.fetchVerdicts('./verdicts' + query({run: chosen, ...parameters}), whole ? early.verdicts : null);
       if (text === undefined) return;  // a newer refresh is under way
       if (text === this.resultText && this.state.result && this.state.result.runs.length) {
         // Nothing changed since the last poll: keep the page as it is (scroll, hover, open rows).
@@ -126,11 +137,15 @@ class WeightDiffTab {
         return;
       }
       const result = JSON.parse(text);
+      // Only the runs whose verdicts changed are drawn again (scroll positions and open rows stay).
+      const changed = this.state.result && this.state.result.runs && this.sections.size ? this.changedRuns(result) : null;
       this.resultText = text;
       this.state.result = result;
+      this.signatures = new Map();
       if (!Object.keys(this.state.thresholds).length && result.thresholds) this.bar.updateDefaults(result.thresholds);
       this.message.replaceChildren();
-      this.drawRuns();
+      this.drawRuns(changed);
+      this.rememberRuns(result);
       if (this.state.selected) await this.loadDetail(false);
       this.bar.updateTime(new Date());
     } catch (error) {
@@ -146,7 +161,12 @@ class WeightDiffTab {
     if (this.state.autoRefresh) this.timer = setTimeout(() => this.refresh(), this.state.intervalMs);
   }
 
-  drawRuns() {
+  /**
+   * Draws the run sections. `only`: the names of the runs to redraw (the others keep their section as it
+   * is); null redraws every run. A redrawn section keeps the scroll positions, the focused row and the
+   * heatmap's cursor of the one it replaces.
+   */
+  drawRuns(only = null) {
     const result = this.state.result;
     if (!result) return;
     const view = {verdicts: this.state.contract.verdicts, verdictFilter: this.state.verdictFilter, expanded: this.state.expanded,
@@ -156,7 +176,7 @@ class WeightDiffTab {
       toggleGroup: (run, block) => {
         const key = `${run}\u0000${block}`;
         if (this.state.expandedGroups.has(key)) this.state.expandedGroups.delete(key); else this.state.expandedGroups.add(key);
-        this.drawRuns();
+        this.drawRuns(new Set([run]));
       },
       sortChanged: (sort) => {
         this.state.sort = sort;
@@ -165,24 +185,68 @@ class WeightDiffTab {
       toggleLayer: (run, layer) => {
         const key = `${run}\u0000${layer}`;
         if (this.state.expanded.has(key)) this.state.expanded.delete(key); else this.state.expanded.add(key);
-        this.drawRuns();
+        this.drawRuns(new Set([run]));
       },
       openVariable: (run, tag) => {
+        const before = this.state.selected;
         this.state.selected = {run, tag};
         this.state.detail = null;
         this.state.compareRun = null;
         this.state.detailB = null;
-        this.drawRuns();
+        this.drawRuns(new Set([run, ...(before ? [before.run] : [])]));
         this.loadDetail(true);
       },
     };
-    const sections = result.runs.map((run) => runSection(run, view, handlers));
+    const restores = [];  // [a new section, the view state of the one it replaces (or null)]
+    const wanted = result.runs.map((run) => {
+      const old = this.sections.get(run.run);
+      if (old && only && !only.has(run.run)) return old;
+      const state = old ? old.viewState() : null;
+      const fresh = runSection(run, view, handlers, state);
+      restores.push([fresh, state]);
+      if (old && old.parentNode === this.runsBox) old.replaceWith(fresh);
+      this.sections.set(run.run, fresh);
+      return fresh;
+    });
+    const names = new Set(result.runs.map((run) => run.run));
+    for (const name of [...this.sections.keys()]) if (!names.has(name)) this.sections.delete(name);
     const others = result.runs_without_weights || [];
     if (others.length) {
-      sections.push(el('p', {class: 'other-runs muted',
+      wanted.push(el('p', {class: 'other-runs muted',
         text: `Not judged, no weight data read: ${others.join(', ')} (scalars only, or event files TensorBoard could not parse).`}));
     }
-    this.runsBox.replaceChildren(...sections);
+    // In place: sections that stay are not moved (that would reset their scroll boxes).
+    const keep = new Set(wanted);
+    for (const child of [...this.runsBox.children]) if (!keep.has(child)) child.remove();
+    wanted.forEach((node, i) => {
+      if (this.runsBox.children[i] !== node) this.runsBox.insertBefore(node, this.runsBox.children[i] || null);
+    });
+    // Once in the page: rows measured, scroll positions, focus and the heatmap's cursor back where they were.
+    for (const [section, state] of restores) section.restore(state);
+  }
+
+  /** The runs of a new /verdicts answer that differ from those drawn (all of them when there is none). */
+  changedRuns(result) {
+    const previous = new Map(((this.state.result && this.state.result.runs) || []).map((run) => [run.run, run]));
+    const changed = new Set();
+    for (const run of result.runs) {
+      const old = previous.get(run.run);
+      if (!old || !this.signatures.has(run.run)) {
+        changed.add(run.run);
+        continue;
+      }
+      if (this.signatures.get(run.run) !== JSON.stringify(run)) changed.add(run.run);
+    }
+    return changed;
+  }
+
+  /** Remembers each run's JSON, to tell at the next answer which runs changed (after drawing: off the first paint). */
+  rememberRuns(result) {
+    const later = window.requestIdleCallback || ((callback) => setTimeout(callback, 50));
+    later(() => {
+      if (this.state.result !== result) return;
+      this.signatures = new Map(result.runs.map((run) => [run.run, JSON.stringify(run)]));
+    });
   }
 
   /** The other runs that logged `tag` (the runs step B can come from). */
@@ -241,12 +305,13 @@ class WeightDiffTab {
       exportCsv: () => this.exportVariableCsv(detail),
       exportJson: () => this.download(`${fileStem(detail)}.json`, 'application/json', JSON.stringify(detail, null, 2)),
       close: () => {
+        const run = this.state.selected ? this.state.selected.run : null;
         this.state.selected = null;
         this.state.detail = null;
         this.state.detailB = null;
         this.state.compareRun = null;
         this.detailBox.replaceChildren();
-        this.drawRuns();
+        this.drawRuns(run === null ? null : new Set([run]));
       },
     }, other));
     // Redrawing replaces the sliders: keep keyboard focus on the one in use.
@@ -322,6 +387,9 @@ export async function render() {
   document.head.appendChild(el('link', {rel: 'stylesheet', href: new URL('./style.css', import.meta.url).href}));
   const root = el('main', {class: 'weightdiff'});
   document.body.appendChild(root);
+  // The first refresh's routes are asked for together with the contract, not after it.
+  const early = {runs: fetchJson('./runs'), verdicts: fetchText('./verdicts')};
+  for (const pending of Object.values(early)) pending.catch(() => {});  // (reported where they are awaited)
   let contract;
   try {
     contract = await fetchJson('./contract');
@@ -330,5 +398,5 @@ export async function render() {
     return;
   }
   const tab = new WeightDiffTab(root, contract);
-  await tab.refresh();
+  await tab.refresh(early);
 }

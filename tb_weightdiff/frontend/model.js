@@ -183,6 +183,83 @@ export function groupShift(steps, layers) {
   return values;
 }
 
+/**
+ * The rows of a run's table, in order, as data (the table draws only those
+ * near its viewport) and the heatmap's rows. Entries: `{kind: 'group', key, block, layers, worst, tally,
+ * shift, open}`, `{kind: 'layer', key, layer, inGroup, open}`, `{kind: 'variable', key, layer, variable,
+ * selected}`; a key is unique within the run. Heatmap rows are `{name, steps, per_step_shift, key}`,
+ * `key` the entry they stand for (a collapsed block's row, or a layer's).
+ * @param {Object} run a run of the /verdicts answer
+ * @param {Array<Object>} layers its visible layers, in table order
+ * @param {{verdicts: string[], grouped: boolean, expanded: Set, expandedGroups: Set, selected: ?Object,
+ *   nameFilter: string}} view
+ * @return {{entries: Array<Object>, heatmapRows: Array<Object>}}
+ */
+export function tableEntries(run, layers, view) {
+  const entries = [];
+  const heatmapRows = [];
+  const groups = view.grouped ? groupLayers(layers) : layers.map((layer) => ({block: null, layers: [layer]}));
+  const addLayer = (layer, inGroup) => {
+    const key = `layer\u0000${layer.name}`;
+    const open = view.expanded.has(`${run.run}\u0000${layer.name}`);
+    entries.push({kind: 'layer', key, layer, inGroup, open});
+    heatmapRows.push({name: layer.name, steps: layer.steps || [], per_step_shift: layer.per_step_shift || [], key});
+    if (!open) return;
+    for (const variable of layer.variables) {
+      const selected = Boolean(view.selected && view.selected.run === run.run && view.selected.tag === variable.tag);
+      entries.push({kind: 'variable', key: `variable\u0000${variable.tag}`, layer, variable, selected});
+    }
+  };
+  for (const group of groups) {
+    if (group.block === null) {
+      addLayer(group.layers[0], false);
+      continue;
+    }
+    // A name filter that picks layers out of a block shows them.
+    const open = view.expandedGroups.has(`${run.run}\u0000${group.block}`) || Boolean(view.nameFilter);
+    const tally = view.verdicts.map((v) => [v, group.layers.filter((layer) => layer.verdict === v).length])
+      .filter(([, n]) => n).map(([v, n]) => `${n} ${verdictLabel(v)}`).join(', ');
+    const shift = groupShift(run.steps, group.layers);
+    const key = `group\u0000${group.block}`;
+    entries.push({kind: 'group', key, block: group.block, layers: group.layers, worst: group.layers[0], tally, shift, open});
+    if (open) {
+      for (const layer of group.layers) addLayer(layer, true);
+    } else {
+      heatmapRows.push({name: `${group.block} (${group.layers.length})`, steps: run.steps, per_step_shift: shift, key});
+    }
+  }
+  return {entries, heatmapRows};
+}
+
+/**
+ * Which items of a list of rows with heights lie within `[top - overscan, top + height + overscan]`.
+ * @param {number} count
+ * @param {function(number): number} heightOf the height of row i
+ * @return {{first: number, last: number, before: number, after: number, total: number}} rows
+ *   first..last (inclusive; last < first when there are none) and the heights above and below them
+ */
+export function visibleWindow(count, heightOf, top, height, overscan) {
+  let y = 0;
+  let first = -1;
+  let last = -1;
+  let before = 0;
+  let through = 0;
+  for (let i = 0; i < count; i++) {
+    const h = heightOf(i);
+    if (first < 0 && y + h > top - overscan) {
+      first = i;
+      before = y;
+    }
+    if (first >= 0 && y < top + height + overscan) {
+      last = i;
+      through = y + h;
+    }
+    y += h;
+  }
+  if (first < 0) return {first: 0, last: -1, before: y, after: 0, total: y};
+  return {first, last, before, after: y - through, total: y};
+}
+
 /** A layer's reset cell: the loss increase and the share of what training gained it undoes. */
 export function resetText(reset) {
   if (!reset) return '—';

@@ -1,10 +1,11 @@
 // DOM building for the tab: controls, run sections (table + heatmap), the
 // variable detail and the empty state. Views get data and callbacks; they
-// fetch nothing and keep no state of their own.
+// fetch nothing and keep no state of the tab's (a run's table keeps what its
+// drawing needs: the row heights measured, the rows drawn, its scroll box).
 
 import {el} from './dom.js';
 import {heatmap, heatmapLegend, overlay, ridgeline, scoreChart, sparkline} from './charts.js';
-import {formatNumber, groupLayers, groupShift, nameMatcher, resetText, validPattern, verdictLabel, visibleLayers} from './model.js';
+import {formatNumber, nameMatcher, resetText, tableEntries, validPattern, verdictLabel, visibleLayers, visibleWindow} from './model.js';
 
 /** A coloured verdict badge. */
 export function badge(verdict) {
@@ -122,15 +123,138 @@ function resetCell(reset) {
     [resetText(reset), reset.impact ? el('span', {class: 'impact', text: ` ${reset.impact}`}) : null]);
 }
 
+// The layer table draws only the rows near its viewport: a run of 2,000 layers
+// keeps ~60 rows in the DOM, and spacer rows above and below them give the
+// scroll box the height of all of them (measured rows count as measured, the
+// others as the mean of those).
+const TABLE_MAX_HEIGHT = 560;  // px, as in style.css
+const OVERSCAN = 320;  // px drawn above and below the viewport
+const ESTIMATED_ROW = 30;  // px, until rows are measured
+
 /**
- * One run: its warnings, the layer table (rows expand to variables) and the heatmap.
+ * A virtualised table body: the entries near `scroller`'s viewport as rows, made by `make(entry)` and kept
+ * (a row that stays in view is the same element: focus and hover survive scrolling).
+ * @return {{render: function(boolean=), reveal: function(string, boolean=), rowOf: function(string): ?HTMLElement,
+ *   indexOf: function(string): number, entries: Array<Object>}}
+ */
+function virtualBody(scroller, body, entries, make, columns, seed = null) {
+  const heights = new Map();  // key -> measured px
+  const means = new Map();  // kind of row -> [rows measured, their total height]
+  const count = (kind, h, n = 1) => {
+    const [rows_, total] = means.get(kind) || [0, 0];
+    means.set(kind, [rows_ + n, total + h]);
+  };
+  // The heights a previous drawing measured: a redraw restores its scroll position over the same heights.
+  for (const entry of entries) {
+    const h = seed && seed.get(entry.key);
+    if (!h) continue;
+    heights.set(entry.key, h);
+    count(entry.kind, h);
+  }
+  const rows = new Map();  // key -> its row, while drawn
+  const index = new Map(entries.map((entry, i) => [entry.key, i]));
+  const spacer = () => {
+    const td = el('td', {colspan: columns});
+    return el('tr', {class: 'spacer', 'aria-hidden': 'true'}, [td]);
+  };
+  const above = spacer();
+  const below = spacer();
+  let shown = null;
+  // A row not measured yet counts as the mean of its kind (blocks, layers and variables differ).
+  const estimate = (kind) => {
+    const mean = means.get(kind) || [...means.values()].reduce((sum, [n, total]) => [sum[0] + n, sum[1] + total], [0, 0]);
+    return mean[0] ? mean[1] / mean[0] : ESTIMATED_ROW;
+  };
+  const heightOf = (i) => heights.get(entries[i].key) ?? estimate(entries[i].kind);
+  const render = (force = false) => {
+    const viewport = scroller.clientHeight || TABLE_MAX_HEIGHT;
+    const head = body.previousSibling ? body.previousSibling.offsetHeight || 0 : 0;
+    const top = Math.max(0, scroller.scrollTop - head);
+    const window_ = visibleWindow(entries.length, heightOf, top, viewport, OVERSCAN);
+    if (!force && shown && shown.first === window_.first && shown.last === window_.last) return;
+    shown = window_;
+    const wanted = [];
+    for (let i = window_.first; i <= window_.last; i++) {
+      const entry = entries[i];
+      if (!rows.has(entry.key)) rows.set(entry.key, make(entry));
+      wanted.push(rows.get(entry.key));
+    }
+    const keep = new Set(wanted);
+    for (const [key, row] of rows) {
+      if (!keep.has(row)) {
+        row.remove();
+        rows.delete(key);
+      }
+    }
+    above.firstChild.style.height = `${window_.before}px`;
+    below.firstChild.style.height = `${window_.after}px`;
+    // Rows that stay keep their place (moving a focused row would blur it): insert only the new ones.
+    const order = [above, ...wanted, below];
+    for (let i = 0; i < order.length; i++) {
+      if (body.children[i] !== order[i]) body.insertBefore(order[i], body.children[i] || null);
+    }
+    // Measure what is drawn (when laid out); the spacers follow the measurements at the next render.
+    if (scroller.isConnected) {
+      let changed = false;
+      for (let i = window_.first; i <= window_.last; i++) {
+        const key = entries[i].key;
+        const h = rows.get(key).offsetHeight;
+        if (!h) continue;
+        const old = heights.get(key);
+        if (old === h) continue;
+        if (old === undefined) count(entries[i].kind, h); else count(entries[i].kind, h - old, 0);
+        heights.set(key, h);
+        changed = true;
+      }
+      if (changed) {
+        const sized = visibleWindow(entries.length, heightOf, top, viewport, OVERSCAN);
+        above.firstChild.style.height = `${sized.before}px`;
+        below.firstChild.style.height = `${sized.after}px`;
+      }
+    }
+  };
+  /** Scrolls the entry of `key` into the box's view (and the page's with `page`). */
+  const reveal = (key, page = false) => {
+    const i = index.get(key);
+    if (i === undefined) return null;
+    let y = body.previousSibling ? body.previousSibling.offsetHeight || 0 : 0;
+    for (let j = 0; j < i; j++) y += heightOf(j);
+    const h = heightOf(i);
+    const head = body.previousSibling ? body.previousSibling.offsetHeight || 0 : 0;
+    if (y - head < scroller.scrollTop) scroller.scrollTop = y - head;
+    else if (y + h > scroller.scrollTop + scroller.clientHeight) scroller.scrollTop = y + h - scroller.clientHeight;
+    render(true);
+    const row = rows.get(key) || null;
+    if (row && page) row.scrollIntoView({block: 'nearest'});
+    return row;
+  };
+  let pending = false;
+  scroller.addEventListener('scroll', () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      render();
+    });
+  }, {passive: true});
+  render(true);
+  return {render, reveal, rowOf: (key) => rows.get(key) || null, indexOf: (key) => index.get(key) ?? -1, entries,
+    heights: () => heights};
+}
+
+/**
+ * One run: its warnings, the layer table (rows expand to variables; drawn near its viewport only) and the
+ * heatmap (a canvas, drawn likewise).
  * @param {Object} run a run of the /verdicts answer
  * @param {Object} view {verdicts: worst first, verdictFilter, expanded: Set, selected: ?{run, tag}, sort,
  *   nameFilter, grouped, expandedGroups: Set}
  * @param {Object<string, function>} on handlers: toggleLayer(run, layer), toggleGroup(run, block),
  *   openVariable(run, tag), sortChanged(sort)
+ * @param {?Object} previous the `.viewState()` of the section this one replaces, if any
+ * @return {HTMLElement} the section; `.viewState()` (scroll positions, row heights, focused and current
+ *   rows) and `.restore(state)` carry what the user did across a redraw, once the section is in the page
  */
-export function runSection(run, view, on) {
+export function runSection(run, view, on, previous = null) {
   const checked = Boolean(run.reset_check);
   const layers = visibleLayers(run, view.verdictFilter, checked ? view.sort : 'verdict', nameMatcher(view.nameFilter));
   const check = run.reset_check;
@@ -147,8 +271,15 @@ export function runSection(run, view, on) {
     (run.findings || []).length ? el('ul', {class: 'findings'}, run.findings.map((finding) => el('li', {text: finding.message, dataset: {kind: finding.kind}}))) : null,
     run.warnings.length ? el('ul', {class: 'warnings'}, run.warnings.map((warning) => el('li', {text: warning}))) : null,
   ]);
-  const table = el('table', {class: 'layers'});
-  table.appendChild(el('thead', {}, [el('tr', {}, [
+  const columns = checked ? 10 : 9;
+  const {entries, heatmapRows} = tableEntries(run, layers, view);
+  const table = el('table', {class: 'layers', 'aria-rowcount': String(entries.length + 1)});
+  table.appendChild(el('colgroup', {}, [
+    el('col', {class: 'col-name'}), el('col', {class: 'col-verdict'}), el('col', {class: 'col-number'}), el('col', {class: 'col-number'}),
+    el('col', {class: 'col-number'}), el('col', {class: 'col-number'}), el('col', {class: 'col-sparkline'}), el('col', {class: 'col-number'}),
+    checked ? el('col', {class: 'col-reset'}) : null, el('col', {class: 'col-why'}),
+  ]));
+  table.appendChild(el('thead', {}, [el('tr', {'aria-rowindex': '1'}, [
     el('th', {text: 'layer / variable'}), el('th', {text: 'verdict'}),
     el('th', {text: 'movement', title: 'relative change where WeightDiffCallback recorded a reference, else shift'}),
     el('th', {text: '× peers', title: "movement / the median movement of the run's other layers of its kind"}),
@@ -156,78 +287,133 @@ export function runSection(run, view, on) {
     el('th', {text: 'per-step shift'}),
     el('th', {text: 'settled at', title: 'the step after which its per-step shift stayed below a fraction of its peak'}),
     checked ? el('th', {class: `sortable${view.sort === 'reset' ? ' sorted' : ''}`, text: view.sort === 'reset' ? 'reset Δloss ▾' : 'reset Δloss',
-      title: 'the loss increase with the layer put back to its initial weights, and the share of what training gained it undoes; click to sort',
-      onclick: () => on.sortChanged(view.sort === 'reset' ? 'verdict' : 'reset')}) : null,
+      tabindex: '0', onclick: () => on.sortChanged(view.sort === 'reset' ? 'verdict' : 'reset'),
+      onkeydown: (event) => activateOnKey(event, () => on.sortChanged(view.sort === 'reset' ? 'verdict' : 'reset')),
+      title: 'the loss increase with the layer put back to its initial weights, and the share of what training gained it undoes; click to sort'}) : null,
     el('th', {text: 'why'}),
   ])]));
   const body = el('tbody');
-  const columns = checked ? 10 : 9;
-  const groups = view.grouped ? groupLayers(layers) : layers.map((layer) => ({block: null, layers: [layer]}));
-  const heatmapRows = [];
-  const layerRows = (layer, inGroup) => {
-    const key = `${run.run}\u0000${layer.name}`;
-    const open = view.expanded.has(key);
-    body.appendChild(el('tr', {class: `layer-row${inGroup ? ' in-group' : ''}`, dataset: {layer: layer.name, verdict: layer.verdict},
-      onclick: () => on.toggleLayer(run.run, layer.name)}, [
-      el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
-      verdictCell(layer), ...scoreCells(layer), checked ? resetCell(layer.reset) : null, whyCell(layer),
-    ]));
-    heatmapRows.push(layer);
-    if (!open) return;
-    for (const variable of layer.variables) {
-      const selected = view.selected && view.selected.run === run.run && view.selected.tag === variable.tag;
-      body.appendChild(el('tr', {class: `variable-row${selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
-        title: 'show this variable', onclick: () => on.openVariable(run.run, variable.tag)}, [
-        el('td', {class: 'name variable-name', text: variable.name + (variable.trainable === false ? ' (not trainable)' : '')}),
-        verdictCell(variable), ...scoreCells(variable), checked ? el('td') : null, whyCell(variable),
-      ]));
-    }
-  };
-  for (const group of groups) {
-    if (group.block === null) {
-      layerRows(group.layers[0], false);
-      continue;
-    }
-    const key = `${run.run}\u0000${group.block}`;
-    // A name filter that picks layers out of a block shows them.
-    const open = view.expandedGroups.has(key) || Boolean(view.nameFilter);
-    const worst = group.layers[0];
-    const tally = view.verdicts.map((v) => [v, group.layers.filter((layer) => layer.verdict === v).length])
-      .filter(([, n]) => n).map(([v, n]) => `${n} ${verdictLabel(v)}`).join(', ');
-    const shift = groupShift(run.steps, group.layers);
-    body.appendChild(el('tr', {class: 'group-row', dataset: {group: group.block, verdict: worst.verdict, layers: String(group.layers.length)},
-      title: open ? 'collapse this block' : 'show the layers of this block', onclick: () => on.toggleGroup(run.run, group.block)}, [
-      el('td', {class: 'name group-name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), `${group.block} `,
-        el('span', {class: 'muted', text: `(${group.layers.length} layers)`})]),
-      verdictCell(worst),
-      el('td', {colspan: 4, class: 'group-counts', text: tally}),
-      el('td', {}, [sparkline(shift)]),
-      el('td'),
-      checked ? el('td') : null,
-      el('td', {class: 'reason', text: `worst: ${worst.name}: ${worst.reason}`}),
-    ]));
-    if (open) {
-      for (const layer of group.layers) layerRows(layer, true);
-    } else {
-      heatmapRows.push({name: `${group.block} (${group.layers.length})`, steps: run.steps, per_step_shift: shift});
-    }
-  }
-  if (!layers.length) {
-    body.appendChild(el('tr', {}, [el('td', {colspan: columns, class: 'muted', text: 'No layer passes the filters.'})]));
-  }
   table.appendChild(body);
-  section.appendChild(table);
+  const scroller = el('div', {class: 'table-scroll'}, [table]);
+  section.appendChild(scroller);
+  let current = null;  // the key of the row the heatmap picked
+  let tableView = null;
+  const activate = (entry) => {
+    if (entry.kind === 'group') on.toggleGroup(run.run, entry.block);
+    else if (entry.kind === 'layer') on.toggleLayer(run.run, entry.layer.name);
+    else if (entry.kind === 'variable') on.openVariable(run.run, entry.variable.tag);
+  };
+  const keys = (entry, event) => {
+    if (activateOnKey(event, () => activate(entry))) return;
+    const step = {ArrowDown: 1, ArrowUp: -1, PageDown: 10, PageUp: -10, Home: -entries.length, End: entries.length}[event.key];
+    if (!step) return;
+    event.preventDefault();
+    const i = Math.max(0, Math.min(entries.length - 1, tableView.indexOf(entry.key) + step));
+    const row = tableView.reveal(entries[i].key);
+    if (row) row.focus({preventScroll: true});
+  };
+  const position = new Map(entries.map((entry, i) => [entry.key, i]));
+  const make = (entry) => {
+    const row = entryRow(run, entry, checked);
+    row.tabIndex = 0;
+    row.setAttribute('aria-rowindex', String(position.get(entry.key) + 2));
+    row.dataset.key = entry.key;
+    if (entry.key === current) row.classList.add('current');
+    row.addEventListener('click', () => activate(entry));
+    row.addEventListener('keydown', (event) => keys(entry, event));
+    return row;
+  };
+  if (!entries.length) {
+    body.appendChild(el('tr', {}, [el('td', {colspan: columns, class: 'muted', text: 'No layer passes the filters.'})]));
+  } else {
+    tableView = virtualBody(scroller, body, entries, make, columns, previous && previous.heights);
+  }
+  const markCurrent = (key) => {
+    if (current && tableView && tableView.rowOf(current)) tableView.rowOf(current).classList.remove('current');
+    current = key;
+    const row = key && tableView ? tableView.reveal(key, true) : null;
+    if (row) row.classList.add('current');
+  };
+  let map = null;
   if (layers.length && run.steps.length > 1) {
-    const readout = el('div', {class: 'heatmap-readout', text: 'Hover a cell for its value.'});
-    const map = heatmap(run, heatmapRows, (layer, step, value) => {
-      readout.textContent = `${layer}, step ${step}: per-step shift ${formatNumber(value)}`;
+    const readout = el('div', {class: 'heatmap-readout', 'aria-live': 'polite', text: 'Hover a cell for its value; click it to find its row.'});
+    map = heatmap(run, heatmapRows, {
+      hover: (cell) => {
+        if (cell) readout.textContent = `${cell.row.name}, step ${cell.step}: per-step shift ${formatNumber(cell.value)}`;
+      },
+      select: (row) => markCurrent(row.key),
     });
     section.appendChild(el('h3', {text: 'Per-step shift, layers × steps'}));
-    section.appendChild(el('div', {class: 'heatmap-box'}, [map]));
+    section.appendChild(map);
     section.appendChild(heatmapLegend(map.scale));
     section.appendChild(readout);
   }
+  section.viewState = () => {
+    const focused = document.activeElement && body.contains(document.activeElement) && document.activeElement.dataset
+      ? document.activeElement.dataset.key : null;
+    return {scrollTop: scroller.scrollTop, focused, current, heights: tableView ? tableView.heights() : null,
+      heatmap: map ? map.viewState() : null};
+  };
+  section.restore = (state) => {
+    if (tableView) {
+      tableView.render(true);
+      if (state) {
+        scroller.scrollTop = state.scrollTop;
+        tableView.render(true);
+      }
+      if (state && state.current && tableView.indexOf(state.current) >= 0) {
+        current = state.current;
+        const row = tableView.rowOf(current);
+        if (row) row.classList.add('current');
+      }
+      if (state && state.focused && tableView.indexOf(state.focused) >= 0) {
+        const row = tableView.rowOf(state.focused) || tableView.reveal(state.focused);
+        if (row) row.focus({preventScroll: true});
+      }
+    }
+    if (map && state) map.restore(state.heatmap);
+  };
   return section;
+}
+
+/** Runs `action` on Enter or Space (a focused row or header acting as a button); true when it did. */
+function activateOnKey(event, action) {
+  if (event.key !== 'Enter' && event.key !== ' ') return false;
+  event.preventDefault();
+  action();
+  return true;
+}
+
+/** One row of the layer table: a block, a layer or a variable. */
+function entryRow(run, entry, checked) {
+  if (entry.kind === 'group') {
+    const {worst, open} = entry;
+    return el('tr', {class: 'group-row', dataset: {group: entry.block, verdict: worst.verdict, layers: String(entry.layers.length)},
+      'aria-expanded': String(open), title: open ? 'collapse this block' : 'show the layers of this block'}, [
+      el('td', {class: 'name group-name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), `${entry.block} `,
+        el('span', {class: 'muted', text: `(${entry.layers.length} layers)`})]),
+      verdictCell(worst),
+      el('td', {colspan: 4, class: 'group-counts', text: entry.tally}),
+      el('td', {}, [sparkline(entry.shift)]),
+      el('td'),
+      checked ? el('td') : null,
+      el('td', {class: 'reason', text: `worst: ${worst.name}: ${worst.reason}`}),
+    ]);
+  }
+  if (entry.kind === 'layer') {
+    const {layer, open} = entry;
+    return el('tr', {class: `layer-row${entry.inGroup ? ' in-group' : ''}`, dataset: {layer: layer.name, verdict: layer.verdict},
+      'aria-expanded': String(open)}, [
+      el('td', {class: 'name'}, [el('span', {class: 'toggle', text: open ? '▾ ' : '▸ '}), layer.name]),
+      verdictCell(layer), ...scoreCells(layer), checked ? resetCell(layer.reset) : null, whyCell(layer),
+    ]);
+  }
+  const {variable} = entry;
+  return el('tr', {class: `variable-row${entry.selected ? ' selected' : ''}`, dataset: {tag: variable.tag, verdict: variable.verdict},
+    title: 'show this variable', 'aria-selected': String(entry.selected)}, [
+    el('td', {class: 'name variable-name', text: variable.name + (variable.trainable === false ? ' (not trainable)' : '')}),
+    verdictCell(variable), ...scoreCells(variable), checked ? el('td') : null, whyCell(variable),
+  ]);
 }
 
 /**
