@@ -513,46 +513,57 @@ def histogram_moments(histogram):
 # Scales tried around the ratio of the two RMS values, then around the best.
 _SCALE_SPAN = 0.25
 _SCALE_POINTS = 41
+# Pairs fitted per numpy pass (`rescale_fits`).
+_FIT_CHUNK = 64
 
 
-def _cdf_table(distributions, row, shift):
-    """`(x, F(x))` breakpoints of one canonical histogram's CDF, edges scaled by 2**shift."""
-    left = ldexp(distributions.left[row], shift)
-    right = ldexp(distributions.right[row], shift)
-    cumulative = distributions.cumulative[row]
-    x = np.empty(2 * left.size)
-    x[0::2], x[1::2] = left, right
+def _cdf_tables(left, right, cumulative, shifts):
+    """`(x, F(x))` breakpoints of canonical histograms' CDFs, edges scaled by 2**shifts.
+
+    `left`, `right`: `[n, K]`; `cumulative`: `[n, K + 1]`; `shifts`: `[n]`. Returns two `[n, 2K]`."""
+    left = ldexp(left, shifts[:, None])
+    right = ldexp(right, shifts[:, None])
+    x = np.empty((left.shape[0], 2 * left.shape[1]))
+    x[:, 0::2], x[:, 1::2] = left, right
     probability = np.empty_like(x)
-    probability[0::2], probability[1::2] = cumulative[:-1], cumulative[1:]
+    probability[:, 0::2], probability[:, 1::2] = cumulative[:, :-1], cumulative[:, 1:]
     return x, probability
 
 
-def _histogram_residuals(distributions, first, second, shift_a, shift_b, scales):
-    """W1 (in units of the pair's power of two) between step `second` and step
-    `first` scaled by each of `scales` and rebinned onto `second`'s edges."""
-    x_a, f_a = _cdf_table(distributions, first, shift_a)
-    x_b, f_b = _cdf_table(distributions, second, shift_b)
-    scales = np.asarray(scales, dtype=np.float64)[:, None]
-    # One row per scale: `second`'s breakpoints plus the scaled histogram's
-    # own extremes, so that mass a wrong scale pushes outside `second`'s
-    # range still costs its distance. A point that is already on the grid
-    # repeats, and a zero-length interval adds nothing.
-    grid = np.empty((scales.shape[0], x_b.size + 2))
-    grid[:, : x_b.size] = x_b
-    grid[:, x_b.size :] = x_a[[0, -1]] * scales
-    grid.sort(axis=1)
-    difference = np.interp(grid, x_b, f_b, left=0.0, right=1.0)
-    difference -= np.interp(grid / scales, x_a, f_a, left=0.0, right=1.0)
-    return np.sum(np.diff(grid, axis=1) * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1)
+def _histogram_residuals(tables, scales):
+    """W1 (in units of each pair's power of two) between step B and step A scaled
+    by each of `scales` and rebinned onto B's edges, for a batch of pairs.
+
+    `tables`: `(x_a, f_a, x_b, f_b)`, each `[pairs, 2K]` (`_cdf_tables`);
+    `scales`: `[pairs, S]`. Returns `[pairs, S]`.
+    """
+    x_a, f_a, x_b, f_b = tables
+    # One row per scale: B's breakpoints plus the scaled histogram's own
+    # extremes, so that mass a wrong scale pushes outside B's range still
+    # costs its distance. A point that is already on the grid repeats, and a
+    # zero-length interval adds nothing.
+    width = x_b.shape[1]
+    grid = np.empty(scales.shape + (width + 2,))
+    grid[:, :, :width] = x_b[:, None, :]
+    grid[:, :, width:] = x_a[:, None, [0, -1]] * scales[:, :, None]
+    grid.sort(axis=2)
+    unscaled = grid / scales[:, :, None]
+    difference = np.empty_like(grid)
+    for pair in range(grid.shape[0]):
+        # np.interp takes one table: one call per pair (its cost is small
+        # beside the rest, which is batched).
+        difference[pair] = np.interp(grid[pair], x_b[pair], f_b[pair], left=0.0, right=1.0)
+        difference[pair] -= np.interp(unscaled[pair], x_a[pair], f_a[pair], left=0.0, right=1.0)
+    return np.sum(np.diff(grid, axis=2) * _mean_abs_linear(difference[:, :, :-1], difference[:, :, 1:]), axis=2)
 
 
-def _quantile_residuals(distributions, first, second, shift_a, shift_b, scales):
-    """W1 between step `second`'s quantile function and `scales` times step `first`'s."""
-    q_a = ldexp(distributions.quantiles[first], shift_a)
-    q_b = ldexp(distributions.quantiles[second], shift_b)
-    difference = q_b[None, :] - np.asarray(scales)[:, None] * q_a[None, :]
-    weights = np.diff(distributions.probabilities)
-    return np.sum(weights * _mean_abs_linear(difference[:, :-1], difference[:, 1:]), axis=1)
+def _quantile_residuals(tables, scales):
+    """W1 between step B's quantile function and `scales` times step A's, for a batch of pairs.
+
+    `tables`: `(q_a, q_b, weights)`, `[pairs, Q]`, `[pairs, Q]`, `[Q - 1]`."""
+    q_a, q_b, weights = tables
+    difference = q_b[:, None, :] - scales[:, :, None] * q_a[:, None, :]
+    return np.sum(weights * _mean_abs_linear(difference[:, :, :-1], difference[:, :, 1:]), axis=2)
 
 
 def rescale_fit(distributions, first, second, known=None):
@@ -575,30 +586,88 @@ def rescale_fit(distributions, first, second, known=None):
     `known`: optionally W1 between the two steps as `pairs` returns it,
     `(mantissa, exponent)`, when the caller has it already.
     """
-    if not (distributions.valid[first] and distributions.valid[second]):
-        return None, None
-    exponent = max(int(distributions.exponent[first]), int(distributions.exponent[second]))
-    shift_a = int(distributions.exponent[first]) - exponent
-    shift_b = int(distributions.exponent[second]) - exponent
-    mantissa, pair_exponent = known if known is not None else distributions.pairs([first], [second])
-    unscaled = float(np.reshape(ldexp(mantissa, np.asarray(pair_exponent) - exponent), -1)[0])
-    rms_a, rms_b = float(distributions.rms[first]), float(distributions.rms[second])
-    if not (unscaled > 0 and rms_a > 0 and rms_b > 0 and math.isfinite(rms_b / rms_a)):
-        return None, None
-    residuals = _histogram_residuals if distributions.kind == "histogram" else _quantile_residuals
+    return rescale_fits([(distributions, first, second, known)])[0]
+
+
+def rescale_fits(requests):
+    """`rescale_fit` of many pairs at once: a list of `(distributions, first, second, known)`.
+
+    Returns a list of `(residual, scale)`, one per request. Pairs of one kind
+    and width (a run's histograms usually share theirs) are fitted together,
+    each exactly as alone: a run of 2,000 variables is a few dozen numpy calls
+    per grid, not a few dozen per variable.
+    """
+    results = [(None, None)] * len(requests)
+    groups = {}
+    for number, (distributions, first, second, known) in enumerate(requests):
+        if not (distributions.valid[first] and distributions.valid[second]):
+            continue
+        exponent = max(int(distributions.exponent[first]), int(distributions.exponent[second]))
+        shift_a = int(distributions.exponent[first]) - exponent
+        shift_b = int(distributions.exponent[second]) - exponent
+        mantissa, pair_exponent = known if known is not None else distributions.pairs([first], [second])
+        unscaled = float(np.reshape(ldexp(mantissa, np.asarray(pair_exponent) - exponent), -1)[0])
+        rms_a, rms_b = float(distributions.rms[first]), float(distributions.rms[second])
+        if not (unscaled > 0 and rms_a > 0 and rms_b > 0 and math.isfinite(rms_b / rms_a)):
+            continue
+        if distributions.kind == "histogram":
+            key = ("histogram", distributions.left.shape[1])
+        else:
+            key = ("quantiles", tuple(np.asarray(distributions.probabilities).tolist()))
+        groups.setdefault(key, []).append((number, distributions, first, second, shift_a, shift_b, unscaled, rms_b / rms_a))
+    # Chunks of a few dozen pairs: each grid is then a few MB (cache-sized),
+    # and chunks run on the thread pool (numpy releases the GIL).
+    chunks = [
+        (kind, members[start : start + _FIT_CHUNK])
+        for (kind, _), members in groups.items()
+        for start in range(0, len(members), _FIT_CHUNK)
+    ]
+    if len(chunks) > 1 and _WORKERS > 1:
+        fitted = list(_executor().map(lambda chunk: _fit_group(*chunk), chunks))
+    else:
+        fitted = [_fit_group(*chunk) for chunk in chunks]
+    for (_, members), found in zip(chunks, fitted):
+        for member, answer in zip(members, found):
+            results[member[0]] = answer
+    return results
+
+
+def _fit_group(kind, members):
+    """`(residual, scale)` for pairs of one kind and width (see `rescale_fits`)."""
+    shifts = np.array([(m[4], m[5]) for m in members], dtype=np.int64).reshape(-1)
+
+    def rows(field):
+        # Step A and step B of every pair, interleaved: [2 * pairs, ...].
+        return np.concatenate([getattr(m[1], field)[[m[2], m[3]]] for m in members])
+
+    if kind == "histogram":
+        x, f = _cdf_tables(rows("left"), rows("right"), rows("cumulative"), shifts)
+        tables = (x[0::2], f[0::2], x[1::2], f[1::2])
+        residuals = _histogram_residuals
+    else:
+        q = ldexp(rows("quantiles"), shifts[:, None])
+        tables = (q[0::2], q[1::2], np.diff(members[0][1].probabilities))
+        residuals = _quantile_residuals
     # A grid of scales around the RMS ratio (exact for a pure rescaling), then
     # two finer grids around the best: each 20x finer than the one before.
-    scale, residual, span = rms_b / rms_a, math.inf, _SCALE_SPAN
+    count = len(members)
+    scale = np.array([m[7] for m in members], dtype=np.float64)
+    residual = np.full(count, np.inf)
+    searching = np.ones(count, dtype=bool)
+    span = _SCALE_SPAN
     with np.errstate(all="ignore"):
         for _ in range(3):
-            scales = scale * np.exp(np.linspace(-span, span, _SCALE_POINTS))
-            values = residuals(distributions, first, second, shift_a, shift_b, scales)
-            if np.all(np.isnan(values)):
-                break
-            best = int(np.nanargmin(values))
-            if values[best] <= residual:
-                scale, residual = float(scales[best]), float(values[best])
+            scales = scale[:, None] * np.exp(np.linspace(-span, span, _SCALE_POINTS))[None, :]
+            values = residuals(tables, scales)
+            # A pair whose grid is all NaN stops searching there, keeping what it had.
+            searching &= ~np.all(np.isnan(values), axis=1)
+            best = np.argmin(np.where(np.isnan(values), np.inf, values), axis=1)
+            value = values[np.arange(count), best]
+            better = searching & (value <= residual)
+            scale = np.where(better, scales[np.arange(count), best], scale)
+            residual = np.where(better, value, residual)
             span = 2 * span / (_SCALE_POINTS - 1)
-    if not math.isfinite(residual):
-        return None, None
-    return residual / unscaled, scale
+    return [
+        (float(residual[i]) / members[i][6], float(scale[i])) if math.isfinite(residual[i]) else (None, None)
+        for i in range(count)
+    ]
