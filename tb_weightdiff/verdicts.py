@@ -237,7 +237,19 @@ def display_list(values):
     double nearest the decimal, so JSON writes the short decimal. Values
     below 1e-17 or above 1e22 keep every digit.
     """
-    array = np.array(values, dtype=np.float64)  # None -> NaN
+    return display_lists([values])[0]
+
+
+def display_lists(many):
+    """`display_list` of each of `many` per-step lists, rounded in one numpy pass.
+
+    (A run of 2,000 variables has 6,000 such lists: one pass per list was
+    a tenth of judging it.)
+    """
+    arrays = [np.array(values, dtype=np.float64).reshape(-1) for values in many]  # None -> NaN
+    if not arrays:
+        return []
+    array = np.concatenate(arrays)
     with np.errstate(all="ignore"):
         power = (DISPLAY_DIGITS - 1) - np.floor(np.log10(np.abs(array)))
         finite = np.isfinite(array) & np.isfinite(power)
@@ -249,7 +261,10 @@ def display_list(values):
         if large.any():
             scale = 10.0 ** -power[large]
             array[large] = np.round(array[large] / scale) * scale
-    return finite_list(array)
+    floats = array.tolist()
+    shown = [value if math.isfinite(value) else None for value in floats]
+    ends = np.cumsum([a.size for a in arrays]).tolist()
+    return [shown[end - a.size : end] for a, end in zip(arrays, ends)]
 
 
 def strict(value):
@@ -464,7 +479,27 @@ def _largest(values):
     return float(np.max(finite_values)) if finite_values.size else None
 
 
-def _variable_json(variable):
+# A variable's per-step lists in its JSON entry, in the order `_displayed` rounds them.
+_DISPLAYED = ("shift_from_baseline", "per_step_shift", "distance_from_baseline")
+_DISPLAYED_OURS = (("relative_change_by_step", "relative_change"), ("cosine_distance_by_step", "cosine_distance"))
+
+
+def _displayed(variables):
+    """`{id(variable): {field: display list}}` for the per-step lists of `_variable_json`,
+    rounded for all `variables` at once (`display_lists`)."""
+    wanted = []
+    for variable in variables:
+        wanted.extend((variable, field, getattr(variable, field)) for field in _DISPLAYED)
+        if variable.source == metadata.PLUGIN_NAME:
+            wanted.extend((variable, field, getattr(variable, name)) for field, name in _DISPLAYED_OURS)
+    shown = {id(variable): {field: None for field, _ in _DISPLAYED_OURS} for variable in variables}
+    for (variable, field, _), values in zip(wanted, display_lists([values for _, _, values in wanted])):
+        shown[id(variable)][field] = values
+    return shown
+
+
+def _variable_json(variable, shown):
+    """One variable's entry; `shown`: its per-step lists (`_displayed`)."""
     ours = variable.source == metadata.PLUGIN_NAME
     return {
         "name": variable.name,
@@ -481,9 +516,9 @@ def _variable_json(variable):
         "ratio_to_median": finite(variable.ratio_to_median),
         "shift": _at_last_step(variable.shift_from_baseline),
         "max_shift": _largest(variable.shift_from_baseline),
-        "shift_from_baseline": display_list(variable.shift_from_baseline),
-        "per_step_shift": display_list(variable.per_step_shift),
-        "distance_from_baseline": display_list(variable.distance_from_baseline),
+        "shift_from_baseline": shown["shift_from_baseline"],
+        "per_step_shift": shown["per_step_shift"],
+        "distance_from_baseline": shown["distance_from_baseline"],
         "scale": finite(variable.scale),
         "scale_basis": variable.scale_basis,
         "hint": variable.hint,
@@ -499,8 +534,8 @@ def _variable_json(variable):
         "relative_change": _at_last_step(variable.relative_change) if ours else None,
         "cosine_distance": _at_last_step(variable.cosine_distance) if ours else None,
         "reference_distance": _at_last_step(variable.reference_distance) if ours else None,
-        "relative_change_by_step": display_list(variable.relative_change) if ours else None,
-        "cosine_distance_by_step": display_list(variable.cosine_distance) if ours else None,
+        "relative_change_by_step": shown["relative_change_by_step"],
+        "cosine_distance_by_step": shown["cosine_distance_by_step"],
     }
 
 
@@ -516,7 +551,7 @@ def _sort_key(entry):
     )
 
 
-def _layer_json(name, variables):
+def _layer_json(name, variables, shown):
     driver = scores.driver(variables)
     diverged = [v.diverged_step for v in variables if v.diverged_step is not None]
     trainable_flags = {v.trainable for v in variables}
@@ -526,7 +561,7 @@ def _layer_json(name, variables):
         trainable = False
     else:
         trainable = None
-    entries = sorted((_variable_json(v) for v in variables), key=_sort_key)
+    entries = sorted((_variable_json(v, shown[id(v)]) for v in variables), key=_sort_key)
     driver_entry = next(e for e in entries if e["tag"] == driver.tag)
     if diverged:
         verdict = DIVERGED
@@ -658,7 +693,8 @@ def run_json(
             "covers the interval since the previous logged step."
         )
     run_warnings.extend(warnings)
-    layer_entries = sorted((_layer_json(name, members) for name, members in layers.items()), key=_sort_key)
+    shown = _displayed(variables)
+    layer_entries = sorted((_layer_json(name, members, shown) for name, members in layers.items()), key=_sort_key)
     reset_check = _attach_resets(layer_entries, resets or [], thresholds)
     counts = {verdict: 0 for verdict in VERDICTS}
     for layer in layer_entries:
