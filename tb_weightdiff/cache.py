@@ -118,6 +118,10 @@ class RunVerdicts:
 
     def __init__(self, cache=None):
         self._cache = cache if cache is not None else AnswerCache()
+        # One judging at a time: a request that arrives while another (or the
+        # plugin's warm-up) judges the same runs waits and takes its answers
+        # instead of judging them again on the same cores.
+        self._judging = threading.Lock()
 
     @staticmethod
     def _key(logdir, run, thresholds):
@@ -132,22 +136,31 @@ class RunVerdicts:
         weight_listings = judge.listings(logdir)
         resets = judge.reset_listing(logdir)
         versions = {run: run_version(weight_listings, run, resets) for run in runs}
-        found, missing = {}, []
+        found = {}
+        missing = self._look_up(logdir, runs, thresholds, versions, found)
+        if missing:
+            with self._judging:
+                missing = self._look_up(logdir, missing, thresholds, versions, found)
+                if missing:
+                    result = judge.analyze_logdir(logdir, runs=missing, thresholds=thresholds)
+                    computed = {entry["run"]: entry for entry in result["runs"]}
+                    for run in missing:
+                        entry = computed.get(run)
+                        value = b"null" if entry is None else json.dumps(entry, allow_nan=False).encode("utf-8")
+                        self._cache.put(self._key(logdir, run, thresholds), versions[run], value)
+                        found[run] = value
+        return {run: (None if value == b"null" else value) for run, value in found.items()}
+
+    def _look_up(self, logdir, runs, thresholds, versions, found):
+        """Puts the cached entries of `runs` into `found`; returns the runs not cached."""
+        missing = []
         for run in runs:
             hit = self._cache.peek(self._key(logdir, run, thresholds), versions[run])
             if hit is None:
                 missing.append(run)
             else:
                 found[run] = hit
-        if missing:
-            result = judge.analyze_logdir(logdir, runs=missing, thresholds=thresholds)
-            computed = {entry["run"]: entry for entry in result["runs"]}
-            for run in missing:
-                entry = computed.get(run)
-                value = b"null" if entry is None else json.dumps(entry, allow_nan=False).encode("utf-8")
-                self._cache.put(self._key(logdir, run, thresholds), versions[run], value)
-                found[run] = value
-        return {run: (None if value == b"null" else value) for run, value in found.items()}
+        return missing
 
     def entry(self, logdir, run, thresholds):
         """One run's entry as a dict (with no weight data: one without layers).

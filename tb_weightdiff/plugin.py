@@ -10,9 +10,12 @@ TensorBoard's errors, which it answers with 400 / 404 and the message.
 """
 
 import json
+import logging
 import mimetypes
 import os
+import threading
 
+from tensorboard import context as tb_context
 from tensorboard import errors
 from tensorboard import plugin_util
 from tensorboard.backend import http_util
@@ -25,6 +28,8 @@ from tb_weightdiff import metadata
 from tb_weightdiff import reader
 from tb_weightdiff import scores
 from tb_weightdiff import verdicts
+
+_LOGGER = logging.getLogger(__name__)
 
 # The frontend's ES modules and CSS, installed with the package; served under /static/.
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend")
@@ -330,6 +335,8 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
         self._data_provider = context.data_provider
         self._cache = cache.AnswerCache()
         self._run_verdicts = cache.RunVerdicts(self._cache)
+        self._warm_lock = threading.Lock()
+        self._warming = None  # the warm-up thread, while one runs
 
     def get_plugin_apps(self):
         run_verdicts = self._run_verdicts
@@ -352,9 +359,46 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
         return False  # Superseded by data_plugin_names().
 
     def data_plugin_names(self):
+        # TensorBoard asks this on every plugins listing, i.e. whenever its
+        # page loads or reloads, well before it creates this tab's iframe.
+        self.warm_up()
         # Active for our own summaries and for plain weight histograms, so a
         # logdir written only by Keras's TensorBoard callback enables the tab.
         return judge.WEIGHT_PLUGINS
+
+    def warm_up(self):
+        """Starts judging the logdir with the default thresholds in the background.
+
+        So that the tab's first GET /verdicts finds the runs judged, or being
+        judged (it then waits for that instead of judging again): on a run of
+        2,000 series judging takes seconds, and TensorBoard's own page takes
+        one before it creates the tab. Runs already judged at their current
+        version cost a listing; one thread at a time; errors are logged,
+        never raised (the request that needs the answer reports its own).
+        Returns the thread, or None when one is already running.
+        """
+        with self._warm_lock:
+            if self._warming is not None and self._warming.is_alive():
+                return None
+            self._warming = threading.Thread(target=self._warm, name="tb_weightdiff-warm-up", daemon=True)
+            self._warming.start()
+            return self._warming
+
+    def _warm(self):
+        if self._data_provider is None:
+            return
+        logdir = reader.Logdir(
+            provider=reader.ListingMemo(_GuardedProvider(self._data_provider)),
+            loader="tensorboard",
+            experiment_id="",  # the one experiment of `tensorboard --logdir`
+            ctx=tb_context.RequestContext(),
+        )
+        try:
+            runs = judge.runs_with_weights(judge.listings(logdir))
+            if runs:
+                self._run_verdicts.encoded(logdir, runs, verdicts.Thresholds())
+        except Exception:  # pylint: disable=broad-except
+            _LOGGER.info("tb_weightdiff: judging ahead of the tab failed; the tab judges when asked", exc_info=True)
 
     def frontend_metadata(self):
         return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="Weight Diff")

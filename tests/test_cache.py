@@ -126,3 +126,102 @@ def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
     # New thresholds judge every run again (verdicts depend on them).
     client.get(PREFIX + "/verdicts?min_shift=0.5")
     assert judged[2] == ["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]
+
+
+def _plugin_of(client):
+    app = client.application
+    [plugin] = [p for p in app._plugins if p.plugin_name == metadata.PLUGIN_NAME]  # pylint: disable=protected-access
+    return plugin
+
+
+def test_a_plugins_listing_judges_ahead_and_the_tab_takes_those_verdicts(tmp_path, loader, monkeypatch):
+    """TensorBoard's page asks for the plugins listing before it creates the tab: the
+    verdicts are judged then, and the tab's first /verdicts is served from them."""
+    write_planted_logdir(tmp_path / "run1")
+    write_planted_logdir(tmp_path / "run2")
+    client, opened = plugin_client(tmp_path, loader)
+    try:
+        plugin = _plugin_of(client)
+        judged = []
+        real = judge.analyze_logdir
+
+        def spy(logdir, runs=None, **kwargs):
+            judged.append(sorted(runs) if runs is not None else None)
+            return real(logdir, runs=runs, **kwargs)
+
+        monkeypatch.setattr(judge, "analyze_logdir", spy)
+        listing = client.get("/data/plugins_listing")
+        assert listing.status_code == 200
+        plugin._warming.join(120)  # pylint: disable=protected-access
+        assert judged == [["run1/keras_like/train", "run1/planted", "run2/keras_like/train", "run2/planted"]]
+        answer = json.loads(client.get(PREFIX + "/verdicts").get_data())
+        assert len(judged) == 1  # taken from the warm-up
+        logdir = reader.Logdir(reader.ListingMemo(_provider_of(client)), loader)
+        expected = real(logdir)
+        expected["runs_without_weights"] = []
+        assert answer == json.loads(verdicts.to_json(expected))
+        # Nothing new: another listing (a reload) judges nothing.
+        client.get("/data/plugins_listing")
+        plugin._warming.join(120)  # pylint: disable=protected-access
+        assert len(judged) == 1
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def test_a_request_during_the_warm_up_waits_for_it_instead_of_judging_again(tmp_path, monkeypatch):
+    import threading
+
+    write_planted_logdir(tmp_path)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        plugin = _plugin_of(client)
+        started, release, judged = threading.Event(), threading.Event(), []
+        real = judge.analyze_logdir
+
+        def slow(logdir, runs=None, **kwargs):
+            judged.append(threading.current_thread().name)
+            started.set()
+            release.wait(60)
+            return real(logdir, runs=runs, **kwargs)
+
+        monkeypatch.setattr(judge, "analyze_logdir", slow)
+        warming = plugin.warm_up()
+        assert started.wait(60)
+        assert plugin.warm_up() is None  # one warm-up at a time
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(client.get(PREFIX + "/verdicts")))
+        request.start()
+        request.join(0.5)
+        assert request.is_alive()  # waiting for the warm-up's judging
+        release.set()
+        request.join(60)
+        warming.join(60)
+        assert answers[0].status_code == 200 and len(json.loads(answers[0].get_data())["runs"]) == 2
+        assert judged == ["tb_weightdiff-warm-up"]
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def test_a_failing_warm_up_is_logged_and_the_tab_still_answers(tmp_path, monkeypatch, caplog):
+    write_planted_logdir(tmp_path)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        plugin = _plugin_of(client)
+        real = judge.analyze_logdir
+        calls = []
+
+        def broken_once(logdir, runs=None, **kwargs):
+            calls.append(runs)
+            if len(calls) == 1:
+                raise RuntimeError("disk went away")
+            return real(logdir, runs=runs, **kwargs)
+
+        monkeypatch.setattr(judge, "analyze_logdir", broken_once)
+        with caplog.at_level("INFO", logger="tb_weightdiff.plugin"):
+            plugin.warm_up().join(60)
+        assert any("judging ahead of the tab failed" in record.getMessage() for record in caplog.records)
+        response = client.get(PREFIX + "/verdicts")
+        assert response.status_code == 200 and len(json.loads(response.get_data())["runs"]) == 2
+        assert len(calls) == 2
+    finally:
+        opened.__exit__(None, None, None)
