@@ -78,6 +78,8 @@ class ListingMemo:
     one for good. Everything else is passed through.
     """
 
+    READS_PASS_THROUGH = True  # see `_data_server_stub`
+
     def __init__(self, provider):
         self._provider = provider
         self._listings = {}
@@ -541,7 +543,14 @@ def _read(logdir, plugin_name, runs, tags, too_large):
     try:
         stub = _data_server_stub(logdir.provider)
         if stub is not None:
-            return _read_from_data_server(stub, logdir.experiment_id, plugin_name, runs, tags)
+            try:
+                return _read_from_data_server(stub, logdir.experiment_id, plugin_name, runs, tags)
+            except Exception as error:  # pylint: disable=broad-except
+                if _too_large(error):
+                    raise
+                # Anything else (the server went away, a bad request): asked
+                # again through the provider, whose wrappers report it their way.
+                logger.debug("reading through the data server's stub failed (%s); asking the provider", error)
         data = logdir.provider.read_tensors(
             logdir.ctx,
             experiment_id=logdir.experiment_id,
@@ -583,7 +592,9 @@ def _data_server_stub(provider):
     arrays in a fifth of the time. Any other provider is read through its
     public `read_tensors`.
     """
-    while isinstance(provider, ListingMemo):
+    # Wrappers that change nothing a read returns (ListingMemo, the plugin's
+    # guard against transport failures) say so with READS_PASS_THROUGH.
+    while getattr(type(provider), "READS_PASS_THROUGH", False):
         provider = provider._provider  # pylint: disable=protected-access
     try:
         from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel

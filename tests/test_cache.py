@@ -1,6 +1,8 @@
 """tb_weightdiff.cache: answers and per-run verdicts, each valid for one version of the data."""
 
 import json
+import threading
+import time
 
 import pytest
 from tensorboard.backend.event_processing import data_provider
@@ -169,8 +171,6 @@ def test_a_plugins_listing_judges_ahead_and_the_tab_takes_those_verdicts(tmp_pat
 
 
 def test_a_request_during_the_warm_up_waits_for_it_instead_of_judging_again(tmp_path, monkeypatch):
-    import threading
-
     write_planted_logdir(tmp_path)
     client, opened = plugin_client(tmp_path, "python")
     try:
@@ -223,5 +223,74 @@ def test_a_failing_warm_up_is_logged_and_the_tab_still_answers(tmp_path, monkeyp
         response = client.get(PREFIX + "/verdicts")
         assert response.status_code == 200 and len(json.loads(response.get_data())["runs"]) == 2
         assert len(calls) == 2
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def test_the_plugin_reads_through_the_data_servers_stub_and_a_failure_there_is_asked_again(tmp_path, monkeypatch):
+    write_planted_logdir(tmp_path)
+    client, opened = plugin_client(tmp_path, "rust")
+    try:
+        fast = []
+        real = reader._read_from_data_server  # pylint: disable=protected-access
+
+        def counted(*args, **kwargs):
+            fast.append(args[2])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(reader, "_read_from_data_server", counted)
+        first = client.get(PREFIX + "/verdicts")
+        assert first.status_code == 200 and fast  # under TensorBoard's wrappers too
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("stub went away")
+
+        monkeypatch.setattr(reader, "_read_from_data_server", failing)
+        again = client.get(PREFIX + "/verdicts?min_shift=0.001")  # new thresholds: judged again
+        assert again.status_code == 200
+        assert [run["run"] for run in json.loads(again.get_data())["runs"]] == [
+            run["run"] for run in json.loads(first.get_data())["runs"]
+        ]
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked(tmp_path, monkeypatch):
+    write_planted_logdir(tmp_path)
+    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
+    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.05)
+    judged = []
+    real = judge.analyze_logdir
+
+    def spy(logdir, runs=None, **kwargs):
+        judged.append(sorted(runs) if runs is not None else None)
+        return real(logdir, runs=runs, **kwargs)
+
+    monkeypatch.setattr(judge, "analyze_logdir", spy)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        plugin = _plugin_of(client)
+        for _ in range(200):
+            if plugin._warming is not None:  # pylint: disable=protected-access
+                break
+            time.sleep(0.05)
+        plugin._warming.join(60)  # pylint: disable=protected-access
+        assert judged == [["keras_like/train", "planted"]]
+        assert client.get(PREFIX + "/verdicts").status_code == 200
+        assert len(judged) == 1
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def test_a_logdir_without_weights_is_never_judged_at_startup(tmp_path, monkeypatch):
+    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
+    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.02)
+    monkeypatch.setattr(plugin_lib, "STARTUP_DEADLINE_SECONDS", 0.3)
+    judged = []
+    monkeypatch.setattr(judge, "analyze_logdir", lambda *args, **kwargs: judged.append(1))
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        time.sleep(1.0)
+        assert judged == [] and _plugin_of(client)._warming is None  # pylint: disable=protected-access
     finally:
         opened.__exit__(None, None, None)
