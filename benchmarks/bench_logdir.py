@@ -98,6 +98,9 @@ def measure(runs, tensors, steps, mode, source="histograms"):
     large = runs * tensors * steps > 100_000
     repeats = 2 if large else {"smoke": 2, "quick": 3, "default": 7, "full": 7}[mode]
     loops = 1 if (large or mode in ("smoke", "quick")) else 2
+    # Judging itself is timed: the plugin must not judge ahead on its own
+    # (at startup, or on a plugins listing) while requests are timed.
+    os.environ["TB_WEIGHTDIFF_WARM_UP"] = "0"
     with common.TensorBoard(path) as server:
         server.wait_for_data(runs, steps - 1)
         first = get_verdicts(server)[0]

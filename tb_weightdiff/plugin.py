@@ -14,6 +14,7 @@ import logging
 import mimetypes
 import os
 import threading
+import time
 
 from tensorboard import context as tb_context
 from tensorboard import errors
@@ -30,6 +31,14 @@ from tb_weightdiff import scores
 from tb_weightdiff import verdicts
 
 _LOGGER = logging.getLogger(__name__)
+
+# After TensorBoard starts, the logdir is judged once its listing has stayed
+# the same for this long (a logdir still being written: after the deadline).
+# TB_WEIGHTDIFF_WARM_UP=0 in TensorBoard's environment: never judge before the tab asks.
+WARM_UP = os.environ.get("TB_WEIGHTDIFF_WARM_UP", "1").strip() != "0"
+STARTUP_WARM_UP = WARM_UP  # (in-process tests that count judgings turn it off)
+STARTUP_SETTLE_SECONDS = 2.0
+STARTUP_DEADLINE_SECONDS = 120.0
 
 # The frontend's ES modules and CSS, installed with the package; served under /static/.
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend")
@@ -65,6 +74,10 @@ class DataUnavailableError(errors.PublicError):
 class _GuardedProvider:
     """TensorBoard's data provider, with its transport failures (gRPC) turned into
     `DataUnavailableError`; everything else, our bugs included, passes through."""
+
+    # Reads may go to the data server's stub behind this wrapper (reader._data_server_stub):
+    # a failure there is asked again through the provider, so this guard still reports it.
+    READS_PASS_THROUGH = True
 
     def __init__(self, provider):
         self._provider = provider
@@ -337,6 +350,10 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
         self._run_verdicts = cache.RunVerdicts(self._cache)
         self._warm_lock = threading.Lock()
         self._warming = None  # the warm-up thread, while one runs
+        if self._data_provider is not None and STARTUP_WARM_UP:
+            # Once TensorBoard has loaded the logdir, judge it: the first
+            # visit of the tab then finds its verdicts ready.
+            threading.Thread(target=self._warm_when_loaded, name="tb_weightdiff-startup", daemon=True).start()
 
     def get_plugin_apps(self):
         run_verdicts = self._run_verdicts
@@ -377,22 +394,50 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
         never raised (the request that needs the answer reports its own).
         Returns the thread, or None when one is already running.
         """
+        if not WARM_UP:
+            return None
         with self._warm_lock:
             if self._warming is not None and self._warming.is_alive():
                 return None
-            self._warming = threading.Thread(target=self._warm, name="tb_weightdiff-warm-up", daemon=True)
-            self._warming.start()
-            return self._warming
+            thread = threading.Thread(target=self._warm, name="tb_weightdiff-warm-up", daemon=True)
+            thread.start()
+            self._warming = thread
+            return thread
 
-    def _warm(self):
-        if self._data_provider is None:
-            return
-        logdir = reader.Logdir(
+    def _warm_when_loaded(self):
+        """At startup: waits until TensorBoard's listing of the logdir stops
+        changing (two equal listings `STARTUP_SETTLE_SECONDS` apart, or
+        `STARTUP_DEADLINE_SECONDS` at most), then warms up once. A logdir
+        that never holds weight data is never judged."""
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        previous = None
+        while True:
+            time.sleep(STARTUP_SETTLE_SECONDS)
+            try:
+                logdir = self._background_logdir()
+                version = cache.data_version(logdir)
+                has_weights = bool(judge.runs_with_weights(judge.listings(logdir)))
+            except Exception:  # pylint: disable=broad-except
+                version, has_weights = None, False  # not up yet: try again
+            if has_weights and (version == previous or time.monotonic() > deadline):
+                self.warm_up()
+                return
+            if time.monotonic() > deadline:
+                return
+            previous = version
+
+    def _background_logdir(self):
+        return reader.Logdir(
             provider=reader.ListingMemo(_GuardedProvider(self._data_provider)),
             loader="tensorboard",
             experiment_id="",  # the one experiment of `tensorboard --logdir`
             ctx=tb_context.RequestContext(),
         )
+
+    def _warm(self):
+        if self._data_provider is None:
+            return
+        logdir = self._background_logdir()
         try:
             runs = judge.runs_with_weights(judge.listings(logdir))
             if runs:

@@ -19,6 +19,15 @@ requires_tf = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_startup_warm_up(monkeypatch):
+    """In-process plugins do not judge on their own after construction (tests count
+    judgings); `tensorboard` processes started by tests do, as for a user."""
+    from tb_weightdiff import plugin as plugin_lib
+
+    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", False)
+
+
 def write_events(run_dir, summaries_by_step, suffix=""):
     """Writes `{step: [Summary, ...]}` to one event file with TensorBoard's own writer."""
     from tensorboard.compat.proto import event_pb2
