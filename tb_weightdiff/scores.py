@@ -22,10 +22,12 @@ verdicts are `tb_weightdiff.verdicts`'). What it owns:
 for the tab's A/B readout.
 """
 
+import collections
 import dataclasses
 import math
 import operator
 import re
+import threading
 
 import numpy as np
 
@@ -335,34 +337,128 @@ def _distance_requests(variable):
     return mantissa, exponent, requests
 
 
-def _baseline_distances(variables):
-    """`{id(variable): (mantissa, exponent)}`: W1 from the baseline and between
-    consecutive steps, per step; one `pairs` call per batch of distributions."""
+class DistanceMemo:
+    """The per-step W1 distances of series judged before, so that a series that
+    only gained steps costs the new steps' distances, not all of them again.
+
+    A poll after a run logs one epoch judges that run again: every step's
+    distance from the baseline and from the step before would be recomputed,
+    though only the last step is new. An entry is kept per series (source,
+    tag, width, digest of its first step) with each step's digest
+    (`Distributions.row_digests`); a judging reuses the distances of the
+    steps up to the first whose digest differs. Reuse follows from content
+    alone: a W1 depends on the two steps' rows only. At most `max_steps` steps
+    are kept (48 bytes each), least recently used first out. Rescale fits
+    (`distance.rescale_fits`) are kept the same way, by the digests and RMS of
+    the two steps they compare (`max_fits` of them).
+    """
+
+    def __init__(self, max_steps=1_000_000, max_fits=100_000):
+        self._max_steps = max_steps
+        self._steps = 0
+        self._entries = collections.OrderedDict()
+        # Rescale fits (`rescale_fit`), by the two steps' digests and RMS values.
+        self._max_fits = max_fits
+        self._fits = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def reuse(self, key, digests):
+        """`(count, mantissa, exponent)`: the first `count` steps' stored distances
+        (dicts of arrays, as `_distance_requests` makes them), or `(0, None, None)`."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return 0, None, None
+            self._entries.move_to_end(key)
+        stored, mantissa, exponent = entry
+        length = min(len(stored), len(digests))
+        differs = np.flatnonzero(np.any(stored[:length] != digests[:length], axis=1))
+        count = int(differs[0]) if differs.size else length
+        return count, mantissa, exponent
+
+    def store(self, key, digests, mantissa, exponent):
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self._steps -= len(previous[0])
+            self._entries[key] = (digests, mantissa, exponent)
+            self._steps += len(digests)
+            while self._steps > self._max_steps and len(self._entries) > 1:
+                _, (dropped, _, _) = self._entries.popitem(last=False)
+                self._steps -= len(dropped)
+
+    def fit(self, key):
+        """A stored `rescale_fit` answer, or None."""
+        with self._lock:
+            return self._fits.get(key)
+
+    def store_fit(self, key, value):
+        with self._lock:
+            self._fits[key] = value
+            self._fits.move_to_end(key)
+            while len(self._fits) > self._max_fits:
+                self._fits.popitem(last=False)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+# The memo every judging in this process shares (the plugin's polls; the CLI judges once).
+DISTANCES = DistanceMemo()
+
+
+def _baseline_distances(variables, memo=None):
+    """`({id(variable): (mantissa, exponent)}, {id(variable): step digests})`: W1 from
+    the baseline and between consecutive steps, per step; one `pairs` call per
+    batch of distributions.
+
+    `memo` (default `DISTANCES`; False: none): distances of steps judged
+    before are taken from it and only the others computed. Without a memo
+    there are no digests."""
+    memo = DISTANCES if memo is None else (None if memo is False else memo)
     groups = {}
     for variable in variables:
         root = variable.distributions.batch or variable.distributions
         groups.setdefault(id(root), (root, []))[1].append(variable)
-    found = {}
+    found, digests_of = {}, {}
     for root, members in groups.values():
+        digests = root.row_digests() if memo is not None else None
         plans, firsts, seconds = [], [], []
         for variable in members:
             mantissa, exponent, requests = _distance_requests(variable)
             offset = variable.distributions.offset if variable.distributions.batch is not None else 0
+            key = own = None
+            if memo is not None and len(variable.steps):
+                own = digests_of[id(variable)] = digests[offset : offset + len(variable.steps)]
+                width = variable.distributions.quantiles if root.kind == "quantiles" else variable.distributions.left
+                key = (variable.source, variable.tag, root.kind, width.shape[1], own[0].tobytes())
+                count, known_mantissa, known_exponent = memo.reuse(key, own)
+                if count:
+                    for name in mantissa:
+                        mantissa[name][:count] = known_mantissa[name][:count]
+                        exponent[name][:count] = known_exponent[name][:count]
+                    requests = [(name, first[second >= count], second[second >= count])
+                                for name, first, second in requests]
             for _, first, second in requests:
                 firsts.append(first + offset)
                 seconds.append(second + offset)
-            plans.append((variable, mantissa, exponent, requests))
+            plans.append((variable, mantissa, exponent, requests, key, own))
             found[id(variable)] = (mantissa, exponent)
-        if not firsts:
-            continue
-        values, exponents = root.pairs(np.concatenate(firsts), np.concatenate(seconds))
-        position = 0
-        for variable, mantissa, exponent, requests in plans:
-            for key, _, targets in requests:
-                mantissa[key][targets] = values[position : position + targets.size]
-                exponent[key][targets] = exponents[position : position + targets.size]
-                position += targets.size
-    return found
+        if firsts:
+            values, exponents = root.pairs(np.concatenate(firsts), np.concatenate(seconds))
+            position = 0
+            for variable, mantissa, exponent, requests, _, _ in plans:
+                for name, _, targets in requests:
+                    mantissa[name][targets] = values[position : position + targets.size]
+                    exponent[name][targets] = exponents[position : position + targets.size]
+                    position += targets.size
+        if memo is not None:
+            for _, mantissa, exponent, _, key, own in plans:
+                if key is not None:
+                    # Copies: the variable's own arrays are its to use.
+                    memo.store(key, own.copy(), {k: v.copy() for k, v in mantissa.items()},
+                               {k: v.copy() for k, v in exponent.items()})
+    return found, digests_of
 
 
 def _usable(value):
@@ -426,23 +522,40 @@ def _score(variable, layer_scale, distances):
     return None
 
 
-def _rescale(pending):
+def _rescale(pending, digests_of=None, memo=None):
     """How much of each variable's movement a rescaling explains, at its largest movement.
 
     `pending`: `_score`'s answers. Distributions are fitted in one batch
     (`distance.rescale_fits`): a run of thousands of histogram series fits them
-    in a few dozen numpy calls per grid instead of a few dozen per variable."""
-    fitted = []
+    in a few dozen numpy calls per grid instead of a few dozen per variable.
+    With `memo` and the steps' digests, fits of the same two steps judged
+    before are taken from it."""
+    digests_of = digests_of or {}
+    fitted, keys = [], []
     for variable, index, known in pending:
         if variable.movement_kind == RELATIVE_CHANGE:
             variable.rescale_residual, variable.rescale = _exact_rescaling(variable, index)
         else:
-            fitted.append((variable, index, known))
+            own = digests_of.get(id(variable)) if memo is not None else None
+            key = None
+            if own is not None:
+                rms = variable.distributions.rms
+                key = (variable.distributions.kind, own[0].tobytes(), own[index].tobytes(),
+                       float(rms[0]), float(rms[index]))
+                hit = memo.fit(key)
+                if hit is not None:
+                    variable.rescale_residual, variable.rescale = hit
+                    key = False
+            if key is not False:
+                fitted.append((variable, index, known))
+                keys.append(key)
         if variable.distributions.kind == "histogram":
             variable.fixed_edges = _fixed_edges(variable.distributions, 0, index)
     found = distance.rescale_fits([(v.distributions, 0, index, known) for v, index, known in fitted])
-    for (variable, _, _), (residual, scale) in zip(fitted, found):
+    for (variable, _, _), key, (residual, scale) in zip(fitted, keys, found):
         variable.rescale_residual, variable.rescale = residual, scale
+        if key is not None:
+            memo.store_fit(key, (residual, scale))
 
 
 def _fixed_edges(distributions, first, second):
@@ -526,9 +639,12 @@ def peer_group(variable):
     return WEIGHTS
 
 
-def score_layers(variables, settled_fraction=0.1):
-    """Scores every variable of one run; returns `{layer: [variables]}` in their order."""
-    distances = _baseline_distances(variables)
+def score_layers(variables, settled_fraction=0.1, memo=None):
+    """Scores every variable of one run; returns `{layer: [variables]}` in their order.
+
+    `memo`: a `DistanceMemo` (default `DISTANCES`; False: none)."""
+    memo = DISTANCES if memo is None else (None if memo is False else memo)
+    distances, digests_of = _baseline_distances(variables, memo if memo is not None else False)
     layers = {}
     for variable in variables:
         layers.setdefault(variable.layer, []).append(variable)
@@ -544,7 +660,7 @@ def score_layers(variables, settled_fraction=0.1):
                 pending.append(rescaling)
             variable.settled_step = settled_step(variable.steps, variable.per_step_shift, settled_fraction)
             variable.peer_group = peer_group(variable)
-    _rescale(pending)
+    _rescale(pending, digests_of, memo)
     return layers
 
 

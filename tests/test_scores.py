@@ -7,7 +7,8 @@ import pytest
 
 from tb_weightdiff import judge
 from tb_weightdiff import scores
-from series import by_variable, histograms, ours
+from tb_weightdiff import verdicts
+from series import by_variable, histograms, ours, walk
 
 
 @pytest.mark.parametrize(
@@ -142,3 +143,62 @@ def test_updates_give_the_movement_per_update(rng):
     scores.attach_updates([variable], [0, 1], [0, 400])
     assert variable.updates == 400
     assert variable.update_ratio == pytest.approx(variable.movement / 20)
+
+
+def _pair_counter(monkeypatch):
+    from tb_weightdiff import distance
+
+    counted = []
+    real = distance.Distributions.pairs
+
+    def pairs(self, first, second):
+        counted.append(len(first))
+        return real(self, first, second)
+
+    monkeypatch.setattr(distance.Distributions, "pairs", pairs)
+    return counted
+
+
+@pytest.mark.parametrize("make", [ours, histograms])
+def test_a_series_that_gained_a_step_computes_only_the_new_steps_distances(rng, monkeypatch, make):
+    arrays = walk(rng, rng.normal(0, 0.1, 300), 12, 0.05)
+    series = [make("m/dense/kernel", arrays), make("m/dense/bias", [a[:20] for a in arrays])]
+    shorter = [dataclasses.replace(s, steps=s.steps[:-1], summaries=s.summaries[:-1]) for s in series]
+    fresh = judge.analyze_series(series)  # (the default memo: its own tags' entries)
+    memo = scores.DistanceMemo()
+    monkeypatch.setattr(scores, "DISTANCES", memo)
+    counted = _pair_counter(monkeypatch)
+    judge.analyze_series(shorter)
+    assert sum(counted) == 2 * 2 * 10  # two series, 10 later steps, from the baseline and the step before
+    counted.clear()
+    assert judge.analyze_series(series) == fresh  # the memo changes no number
+    assert sum(counted) == 2 * 2  # only the new step's two distances, per series
+    counted.clear()
+    # An earlier step that changed (a rewritten log): its distances and all after are computed again.
+    changed = list(arrays)
+    changed[5] = changed[5] * 1.5
+    rewritten = [make("m/dense/kernel", changed), make("m/dense/bias", [a[:20] for a in changed])]
+    with monkeypatch.context() as patch:
+        patch.setattr(scores, "DISTANCES", scores.DistanceMemo())
+        expected = judge.analyze_series(rewritten)
+    counted.clear()
+    assert judge.analyze_series(rewritten) == expected
+    assert sum(counted) == 2 * 2 * 7  # steps 5..11 again, from the baseline and the step before
+    counted.clear()
+    # The same data again (new thresholds, another poll): nothing computed.
+    judge.analyze_series(rewritten, thresholds=verdicts.Thresholds(min_shift=0.5))
+    assert sum(counted) == 0
+
+
+def test_the_distance_memo_is_bounded_and_can_be_turned_off(rng, monkeypatch):
+    memo = scores.DistanceMemo(max_steps=25)
+    monkeypatch.setattr(scores, "DISTANCES", memo)
+    for index in range(5):
+        judge.analyze_series([histograms("t%d/kernel" % index, walk(rng, rng.normal(0, 0.1, 50), 10, 0.05))])
+    assert len(memo) == 2  # 10 steps each, 25 at most: the oldest went
+    counted = _pair_counter(monkeypatch)
+    series = [histograms("t4/kernel", walk(rng, rng.normal(0, 0.1, 50), 10, 0.05))]
+    variables = scores.build_variables(series, [])
+    scores.score_layers(variables, memo=False)
+    scores.score_layers(scores.build_variables(series, []), memo=False)
+    assert sum(counted) == 2 * 2 * 9
