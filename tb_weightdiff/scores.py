@@ -344,7 +344,7 @@ class DistanceMemo:
     A poll after a run logs one epoch judges that run again: every step's
     distance from the baseline and from the step before would be recomputed,
     though only the last step is new. An entry is kept per series (source,
-    tag, width, digest of its first step) with each step's digest
+    run, tag, width, digest of its first step) with each step's digest
     (`Distributions.row_digests`); a judging reuses the distances of the
     steps up to the first whose digest differs. Reuse follows from content
     alone: a W1 depends on the two steps' rows only. At most `max_steps` steps
@@ -431,7 +431,7 @@ def _baseline_distances(variables, memo=None):
             if memo is not None and len(variable.steps):
                 own = digests_of[id(variable)] = digests[offset : offset + len(variable.steps)]
                 width = variable.distributions.quantiles if root.kind == "quantiles" else variable.distributions.left
-                key = (variable.source, variable.tag, root.kind, width.shape[1], own[0].tobytes())
+                key = (variable.run, variable.source, variable.tag, root.kind, width.shape[1], own[0].tobytes())
                 count, known_mantissa, known_exponent = memo.reuse(key, own)
                 if count:
                     for name in mantissa:

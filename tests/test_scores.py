@@ -202,3 +202,17 @@ def test_the_distance_memo_is_bounded_and_can_be_turned_off(rng, monkeypatch):
     scores.score_layers(variables, memo=False)
     scores.score_layers(scores.build_variables(series, []), memo=False)
     assert sum(counted) == 2 * 2 * 9
+
+
+def test_runs_whose_series_start_alike_keep_a_memo_entry_each(rng, monkeypatch):
+    """Zero-initialised biases of two runs share tag and first step; a poll of each
+    must still reuse its own distances."""
+    memo = scores.DistanceMemo()
+    monkeypatch.setattr(scores, "DISTANCES", memo)
+    runs = {run: [np.zeros(16)] + [rng.normal(0, 0.1, 16) for _ in range(7)] for run in ("a", "b")}
+    series = [histograms("m/dense/bias", arrays, run=run) for run, arrays in runs.items()]
+    judge.analyze_series(series)
+    assert len(memo) == 2
+    counted = _pair_counter(monkeypatch)
+    judge.analyze_series(series)
+    assert sum(counted) == 0
