@@ -201,6 +201,8 @@ def measure(playwright, path, runs, steps, size, repeats, fresh, settled_seconds
     if fresh:
         rows.append(_row("  same, each time in a fresh browser context (nothing cached)", fresh_times))
     rows.append(_row("  same, first navigation as soon as TensorBoard has loaded the logdir (verdicts computed)", [first]))
+    if settled_seconds is None:  # (the smoke run checks this case on one logdir only)
+        return rows
     # A user who opens the page a little later: the plugin has judged the
     # logdir on its own once TensorBoard's listing of it stopped changing.
     with common.TensorBoard(path) as server:
@@ -237,7 +239,7 @@ def main(argv=None):
             runs, tensors, steps = (2, 4, 5) if smoke else (5, 40, 100)
             path = common.benchmark_logdir(runs, tensors, steps, source="histograms")
             rows += measure(playwright, path, runs, steps, "%d runs x %d tensors x %d steps" % (runs, tensors, steps),
-                            repeats, fresh=True, settled_seconds=1 if smoke else SETTLED_SECONDS)
+                            repeats, fresh=True, settled_seconds=None if smoke else SETTLED_SECONDS)
         if args.only in (None, "wide"):
             blocks, steps = (4, 3) if smoke else (250, 30)
             path = wide_logdir(blocks, steps, args.wide_source)
