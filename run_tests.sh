@@ -4,7 +4,8 @@
 # as a user would into a fresh virtual environment with TensorFlow and run
 # every test; then install the same wheel into a second environment WITHOUT
 # TensorFlow (where TensorBoard often runs) and run the suite again there:
-# the plugin, weights_pb and the CLI must work; TensorFlow-only tests skip.
+# the plugin, weights_pb and the CLI must work; TensorFlow-only tests skip, and of the
+# browser tests only those marked also_without_tf run there (the TensorFlow job runs all).
 # The first environment also has PyTorch (CPU), Lightning, tensorboardX and JAX: the corpus's
 # PyTorch recipes, the PyTorch logger and Lightning callback, Keras on its three backends.
 #
@@ -43,11 +44,11 @@ WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
 .venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,lightning,test]" tensorboardX "jax==${JAX_VERSION:-0.10.2}"
 
 echo "== tests with TensorFlow (installed wheel: $WHEEL) $(elapsed) =="
-TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider "$@"
+TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
 
 "$PYTHON" -m venv .venv-notf
 .venv-notf/bin/python -m pip install -q --upgrade pip
 .venv-notf/bin/python -m pip install -q "$WHEEL[test]"
 echo "== tests without TensorFlow $(elapsed) =="
-TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider "$@"
+TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
 echo "== all tests passed $(elapsed) =="

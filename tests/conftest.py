@@ -19,6 +19,19 @@ requires_tf = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+    """In the no-TensorFlow job (run_tests.sh), browser tests not marked
+    `also_without_tf` are skipped: the tab and its server are the same code
+    with or without TensorFlow, the TensorFlow job runs them all, and the
+    marked ones show that the tab works where only TensorBoard is installed."""
+    if not os.environ.get("TBWD_EXPECT_NO_TF"):
+        return
+    skip = pytest.mark.skip(reason="browser test run by the TensorFlow job; this job runs the also_without_tf ones")
+    for item in items:
+        if item.get_closest_marker("browser") and not item.get_closest_marker("also_without_tf"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def no_startup_warm_up(monkeypatch):
     """In-process plugins do not judge on their own after construction (tests count

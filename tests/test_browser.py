@@ -52,6 +52,7 @@ def _open_tab(page, server, dialogs, rows="section.run table.layers tr.layer-row
     return frame
 
 
+@pytest.mark.also_without_tf
 def test_table_heatmap_overlay_slider_and_export(planted, tensorboard_process, page):
     server = _serve(planted[0], tensorboard_process)
     dialogs = []
@@ -325,6 +326,7 @@ def _rendered(run, selector="tr.layer-row, tr.group-row, tr.variable-row"):
     return run.locator("table.layers tbody").locator(selector).count()
 
 
+@pytest.mark.also_without_tf
 def test_a_2000_series_run_draws_only_what_is_on_screen(tmp_path, tensorboard_process, page):
     logdir = tmp_path / "logs"
     _write_wide_run(logdir)
