@@ -38,33 +38,15 @@ import common  # noqa: E402
 BENCH = "5 memory"
 
 
-def _vm_kb(field):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def _reset_peak_rss():
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_delta(function):
     """Peak RSS above the RSS before `function()`, in bytes (None if VmHWM cannot be reset)."""
     gc.collect()
-    if not _reset_peak_rss():
+    if not common.reset_peak_rss():
         function()
         return None
-    before = _vm_kb("VmRSS")
+    before = common.status_kb("VmRSS")
     function()
-    return max(0, _vm_kb("VmHWM") - before) * 1024
+    return max(0, common.status_kb("VmHWM") - before) * 1024
 
 
 def callback_rows(name, make_model, reference, logdir):

@@ -60,23 +60,6 @@ PLANS = {  # layers, width, timed epochs
 # -- one contender, in its own process -------------------------------------------
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def _reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _torch_contender(contender, layers, width, logdir):
     import torch  # pylint: disable=import-outside-toplevel
     from tensorboard.compat import tf  # pylint: disable=import-outside-toplevel
@@ -166,20 +149,20 @@ def run_contender(contender, layers, width, repeats, logdir):
     started = time.perf_counter()
     setup, epoch, nudge, reference, parameters, tensors = make(contender, layers, width, logdir)
     built = time.perf_counter() - started
-    rss_built = _status_kb("VmRSS")
+    rss_built = common.status_kb("VmRSS")
     started = time.perf_counter()
     setup()
     setup_seconds = time.perf_counter() - started
     nudge()
-    rss_before = _status_kb("VmRSS")
-    reset = _reset_peak_rss()
+    rss_before = common.status_kb("VmRSS")
+    reset = common.reset_peak_rss()
     seconds = []
     for step in range(1, repeats + 1):
         started = time.perf_counter()
         epoch(step)
         seconds.append(time.perf_counter() - started)
         nudge()
-    peak = _status_kb("VmHWM")
+    peak = common.status_kb("VmHWM")
     return {
         "contender": contender,
         "parameters": parameters,
@@ -265,24 +248,22 @@ def rows_for(results, layers, width, repeats, cap_gb):
     note_memory = ("peak RSS during the timed epochs above the RSS before them (VmHWM after clear_refs); "
                    "each contender in its own process, capped at %g GB RSS" % cap_gb)
 
-    def memory_row(label, ours, peer, peer_name):
-        ours_mb = ours.get("peak_while_logging_mb") if "failed" not in ours else None
+    def megabytes_row(field, label, ours, peer, peer_name, note):
+        ours_mb = ours.get(field) if "failed" not in ours else None
         if "failed" in peer:
             peer_mb, peer_name = None, "%s: %s" % (peer_name, peer["failed"])
         else:
-            peer_mb = peer.get("peak_while_logging_mb")
-        return common.row(BENCH, label, ours_mb, peer_mb, unit="MB", peer_name=peer_name, note=note_memory)
+            peer_mb = peer.get(field)
+        return common.row(BENCH, label, ours_mb, peer_mb, unit="MB", peer_name=peer_name, note=note)
+
+    def memory_row(label, ours, peer, peer_name):
+        return megabytes_row("peak_while_logging_mb", label, ours, peer, peer_name, note_memory)
 
     def process_row(label, ours, peer, peer_name):
-        ours_mb = ours.get("process_peak_mb") if "failed" not in ours else None
-        if "failed" in peer:
-            peer_mb, peer_name = None, "%s: %s" % (peer_name, peer["failed"])
-        else:
-            peer_mb = peer.get("process_peak_mb")
-        return common.row(BENCH, label, ours_mb, peer_mb, unit="MB", peer_name=peer_name,
-                          note="VmHWM of the whole process: imports, the model (%s MB of float32), our reference "
-                          "(%s MB)" % ("%.0f" % (first["parameters"] * 4 / 1e6),
-                                      "%.0f" % (ours.get("reference_mb") or 0)))
+        return megabytes_row(
+            "process_peak_mb", label, ours, peer, peer_name,
+            "VmHWM of the whole process: imports, the model (%s MB of float32), our reference "
+            "(%s MB)" % ("%.0f" % (first["parameters"] * 4 / 1e6), "%.0f" % (ours.get("reference_mb") or 0)))
 
     def added_row(label, ours, peer, peer_name):
         if "failed" in peer:

@@ -330,6 +330,28 @@ class TensorBoard:
         self.stop()
 
 
+# -- process memory (Linux) --------------------------------------------------------
+
+
+def status_kb(field):
+    """A field of /proc/self/status in kB (VmRSS, VmHWM), or None."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 # -- logdirs --------------------------------------------------------------------
 
 
