@@ -77,10 +77,27 @@ def test_verdicts_put_together_from_run_entries_equal_one_judging(tmp_path, load
         opened.__exit__(None, None, None)
 
 
-def _provider_of(client):
+def _plugin_of(client):
     app = client.application
     [plugin] = [p for p in app._plugins if p.plugin_name == metadata.PLUGIN_NAME]  # pylint: disable=protected-access
-    return plugin._data_provider  # pylint: disable=protected-access
+    return plugin
+
+
+def _provider_of(client):
+    return _plugin_of(client)._data_provider  # pylint: disable=protected-access
+
+
+def _count_judgings(monkeypatch):
+    """Spies on `judge.analyze_logdir`: the list it returns gets each call's sorted runs (None: all)."""
+    judged = []
+    real = judge.analyze_logdir
+
+    def spy(logdir, runs=None, **kwargs):
+        judged.append(sorted(runs) if runs is not None else None)
+        return real(logdir, runs=runs, **kwargs)
+
+    monkeypatch.setattr(judge, "analyze_logdir", spy)
+    return judged
 
 
 def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
@@ -99,14 +116,7 @@ def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
     context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
     client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
-    judged = []
-    real = judge.analyze_logdir
-
-    def spy(logdir, runs=None, **kwargs):
-        judged.append(sorted(runs) if runs is not None else None)
-        return real(logdir, runs=runs, **kwargs)
-
-    monkeypatch.setattr(judge, "analyze_logdir", spy)
+    judged = _count_judgings(monkeypatch)
     first = json.loads(client.get(PREFIX + "/verdicts").get_data())
     assert judged == [["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]]
     assert json.loads(client.get(PREFIX + "/verdicts?run=b/planted").get_data())["runs"] == [
@@ -130,12 +140,6 @@ def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
     assert judged[2] == ["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]
 
 
-def _plugin_of(client):
-    app = client.application
-    [plugin] = [p for p in app._plugins if p.plugin_name == metadata.PLUGIN_NAME]  # pylint: disable=protected-access
-    return plugin
-
-
 def test_a_plugins_listing_judges_ahead_and_the_tab_takes_those_verdicts(tmp_path, loader, monkeypatch):
     """TensorBoard's page asks for the plugins listing before it creates the tab: the
     verdicts are judged then, and the tab's first /verdicts is served from them."""
@@ -144,14 +148,8 @@ def test_a_plugins_listing_judges_ahead_and_the_tab_takes_those_verdicts(tmp_pat
     client, opened = plugin_client(tmp_path, loader)
     try:
         plugin = _plugin_of(client)
-        judged = []
         real = judge.analyze_logdir
-
-        def spy(logdir, runs=None, **kwargs):
-            judged.append(sorted(runs) if runs is not None else None)
-            return real(logdir, runs=runs, **kwargs)
-
-        monkeypatch.setattr(judge, "analyze_logdir", spy)
+        judged = _count_judgings(monkeypatch)
         listing = client.get("/data/plugins_listing")
         assert listing.status_code == 200
         plugin._warming.join(120)  # pylint: disable=protected-access
@@ -259,14 +257,7 @@ def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked
     write_planted_logdir(tmp_path)
     monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
     monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.05)
-    judged = []
-    real = judge.analyze_logdir
-
-    def spy(logdir, runs=None, **kwargs):
-        judged.append(sorted(runs) if runs is not None else None)
-        return real(logdir, runs=runs, **kwargs)
-
-    monkeypatch.setattr(judge, "analyze_logdir", spy)
+    judged = _count_judgings(monkeypatch)
     client, opened = plugin_client(tmp_path, "python")
     try:
         plugin = _plugin_of(client)
