@@ -407,15 +407,13 @@ class DistanceMemo:
 DISTANCES = DistanceMemo()
 
 
-def _baseline_distances(variables, memo=None):
+def _baseline_distances(variables, memo):
     """`({id(variable): (mantissa, exponent)}, {id(variable): step digests})`: W1 from
     the baseline and between consecutive steps, per step; one `pairs` call per
     batch of distributions.
 
-    `memo` (default `DISTANCES`; False: none): distances of steps judged
-    before are taken from it and only the others computed. Without a memo
-    there are no digests."""
-    memo = DISTANCES if memo is None else (None if memo is False else memo)
+    `memo`: a `DistanceMemo` whose distances of steps judged before are taken
+    and only the others computed, or None (no memo, and no digests)."""
     groups = {}
     for variable in variables:
         root = variable.distributions.batch or variable.distributions
@@ -644,7 +642,7 @@ def score_layers(variables, settled_fraction=0.1, memo=None):
 
     `memo`: a `DistanceMemo` (default `DISTANCES`; False: none)."""
     memo = DISTANCES if memo is None else (None if memo is False else memo)
-    distances, digests_of = _baseline_distances(variables, memo if memo is not None else False)
+    distances, digests_of = _baseline_distances(variables, memo)
     layers = {}
     for variable in variables:
         layers.setdefault(variable.layer, []).append(variable)

@@ -261,8 +261,7 @@ def display_lists(many):
         if large.any():
             scale = 10.0 ** -power[large]
             array[large] = np.round(array[large] / scale) * scale
-    floats = array.tolist()
-    shown = [value if math.isfinite(value) else None for value in floats]
+    shown = finite_list(array)
     ends = np.cumsum([a.size for a in arrays]).tolist()
     return [shown[end - a.size : end] for a, end in zip(arrays, ends)]
 
