@@ -427,12 +427,8 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             previous = version
 
     def _background_logdir(self):
-        return reader.Logdir(
-            provider=reader.ListingMemo(_GuardedProvider(self._data_provider)),
-            loader="tensorboard",
-            experiment_id="",  # the one experiment of `tensorboard --logdir`
-            ctx=tb_context.RequestContext(),
-        )
+        # No request: the one experiment of `tensorboard --logdir`.
+        return self._logdir_of(experiment_id="", ctx=tb_context.RequestContext())
 
     def _warm(self):
         if self._data_provider is None:
@@ -449,12 +445,15 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
         return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="Weight Diff")
 
     def _logdir(self, request):
+        return self._logdir_of(plugin_util.experiment_id(request.environ), plugin_util.context(request.environ))
+
+    def _logdir_of(self, experiment_id, ctx):
         return reader.Logdir(
             # Each listing once per request: every one is a round trip to the data server.
             provider=reader.ListingMemo(_GuardedProvider(self._data_provider)),
             loader="tensorboard",
-            experiment_id=plugin_util.experiment_id(request.environ),
-            ctx=plugin_util.context(request.environ),
+            experiment_id=experiment_id,
+            ctx=ctx,
         )
 
     def _route(self, parse, impl, cached=True):
