@@ -101,6 +101,10 @@ def navigate(page, url, runs):
     return figures
 
 
+def _launch(playwright):
+    return playwright.chromium.launch(executable_path=common.CHROMIUM, args=common.CHROMIUM_FLAGS, headless=True)
+
+
 def fresh_context(browser, function):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
@@ -186,7 +190,7 @@ def measure(playwright, path, runs, steps, size, repeats, fresh, settled_seconds
     rows = []
     with common.TensorBoard(path) as server:
         server.wait_for_data(runs, steps - 1)
-        browser = playwright.chromium.launch(executable_path=common.CHROMIUM, args=common.CHROMIUM_FLAGS, headless=True)
+        browser = _launch(playwright)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 800})
             page = context.new_page()
@@ -208,11 +212,9 @@ def measure(playwright, path, runs, steps, size, repeats, fresh, settled_seconds
     with common.TensorBoard(path) as server:
         server.wait_for_data(runs, steps - 1)
         time.sleep(settled_seconds)
-        browser = playwright.chromium.launch(executable_path=common.CHROMIUM, args=common.CHROMIUM_FLAGS, headless=True)
+        browser = _launch(playwright)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 800})
-            settled = navigate(context.new_page(), server.url, runs)
-            context.close()
+            settled = fresh_context(browser, lambda p: navigate(p, server.url, runs))
         finally:
             browser.close()
     rows.append(_row("  same, first navigation %d s after TensorBoard loaded the logdir (judged on its own at startup)"
