@@ -57,11 +57,12 @@ def _mean_abs_linear(d0, d1):
     total = np.abs(d0)
     total += np.abs(d1)
     # Strictly opposite signs (a zero or a NaN never crosses); rare, so the
-    # crossing formula is evaluated only there.
-    sign = np.sign(d0)
-    sign *= np.sign(d1)
-    crossing = sign < 0
-    result = total / 2
+    # crossing formula is evaluated only there. (A product that underflows
+    # to 0 is taken as no crossing: both ends are then below 1e-154, and
+    # so is the difference between the two formulas.)
+    crossing = d0 * d1
+    crossing = crossing < 0
+    result = total * 0.5
     if crossing.any():
         a, b, t = d0[crossing], d1[crossing], total[crossing]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -213,22 +214,17 @@ class Distributions:
 
 def _piece_tables(left, right, cumulative):
     """Per bucket of canonical histograms (rows of `[n, K]`): the quantile
-    function's pieces as `(left, right, width, base, has_mass, safe_mass)`.
+    function's pieces as `(left, right, width, base, mass)`.
 
     Bucket i holds `mass = cum[i + 1] - cum[i]` from `left` to `right`
-    (`width` apart), starting at probability `base = cum[i]`; `safe_mass` is
-    1 where the mass is 0.
+    (`width` apart), starting at probability `base = cum[i]`; `mass` is
+    +inf where it is 0, so that a point mass's fraction is 0 without a mask.
     """
     mass = np.diff(cumulative, axis=1)
-    has_mass = mass > 0
-    return (
-        left,
-        right,
-        right - left,
-        np.ascontiguousarray(cumulative[:, :-1]),
-        has_mass,
-        np.where(has_mass, mass, 1.0),
-    )
+    mass[~(mass > 0)] = np.inf
+    # Contiguous: pairs gather from them through flat indices.
+    left, right = np.ascontiguousarray(left), np.ascontiguousarray(right)
+    return left, right, right - left, np.ascontiguousarray(cumulative[:, :-1]), mass
 
 
 def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift_b):
@@ -248,36 +244,45 @@ def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift
     every pair the step is part of.
     """
     n = cum_a.shape[0]
-    k_a = tables_a[0].shape[1]
-    k_b = tables_b[0].shape[1]
+    points_a, k_a, k_b = cum_a.shape[1], tables_a[0].shape[1], tables_b[0].shape[1]
     grid = np.concatenate([cum_a, cum_b], axis=1)
+    size = grid.shape[1]
     # Stable: at equal p, a's points come first, which the index bookkeeping needs.
     order = np.argsort(grid, axis=1, kind="stable")
-    # Gathers through flat indices: much cheaper than take_along_axis here.
-    points = grid.ravel()[order + (np.arange(n) * grid.shape[1])[:, None]]
-    from_a = order < cum_a.shape[1]
-    bucket_a = np.clip(np.cumsum(from_a, axis=1) - 1, 0, k_a - 1)[:, :-1]
-    bucket_b = np.clip(np.cumsum(~from_a, axis=1) - 1, 0, k_b - 1)[:, :-1]
+    # Gathers go through one flat index (numpy's 2-D fancy indexing costs
+    # ~10x as much per element), and each merged point's bucket follows from
+    # its own index: after position m that holds a's point i, a's points so
+    # far are i + 1 and b's m - i (likewise for b's point j), so no running
+    # count is needed.
+    points = np.take(grid.ravel(), (order + (np.arange(n) * size)[:, None]).ravel()).reshape(n, size)
+    from_a = order < points_a
+    position = np.arange(size)
+    bucket_a = np.clip(np.where(from_a, order, position + points_a - 1 - order), 0, k_a - 1)[:, :-1]
+    bucket_b = np.clip(np.where(from_a, position - 1 - order, order - points_a), 0, k_b - 1)[:, :-1]
     start, end = points[:, :-1], points[:, 1:]
+    shape = start.shape
 
     def linear_pieces(tables, rows, shift, bucket):
-        left, right, width, base, has_mass, safe_mass = tables
-        flat = bucket + (rows * left.shape[1])[:, None]
-        low, width = left.ravel()[flat], width.ravel()[flat]
+        left, right, width, base, mass = tables
+        flat = (bucket + (rows * left.shape[1])[:, None]).ravel()
+
+        def gather(table):
+            return np.take(table.ravel(), flat).reshape(shape)
+
+        low, width = gather(left), gather(width)
         shifted = np.flatnonzero(shift[:, 0])
         if shifted.size:
             # Those pairs' edges are scaled to their common power of two first.
             scaled_left = ldexp(left[rows[shifted]], shift[shifted])
             scaled_width = ldexp(right[rows[shifted]], shift[shifted]) - scaled_left
             own = bucket[shifted] + (np.arange(shifted.size) * left.shape[1])[:, None]
-            low[shifted] = scaled_left.ravel()[own]
-            width[shifted] = scaled_width.ravel()[own]
-        base, has_mass, safe_mass = base.ravel()[flat], has_mass.ravel()[flat], safe_mass.ravel()[flat]
+            low[shifted] = np.take(scaled_left.ravel(), own.ravel()).reshape(own.shape)
+            width[shifted] = np.take(scaled_width.ravel(), own.ravel()).reshape(own.shape)
+        base, mass = gather(base), gather(mass)
 
         def at(p):
             fraction = p - base
-            fraction /= safe_mass
-            fraction[~has_mass] = 0.0
+            fraction /= mass
             np.clip(fraction, 0.0, 1.0, out=fraction)
             fraction *= width
             fraction += low
