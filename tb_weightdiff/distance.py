@@ -62,12 +62,15 @@ def _mean_abs_linear(d0, d1):
     # so is the difference between the two formulas.)
     crossing = d0 * d1
     crossing = crossing < 0
-    result = total * 0.5
-    if crossing.any():
-        a, b, t = d0[crossing], d1[crossing], total[crossing]
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            result[crossing] = (a * a + b * b) / (2 * t)
-    return result
+    if not crossing.any():
+        return total * 0.5
+    # Between the steps of one training run they cross often: both formulas
+    # everywhere, then a choice, costs less than gathering the crossings.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        squares = d0 * d0
+        squares += d1 * d1
+        squares /= 2 * total
+    return np.where(crossing, squares, total * 0.5)
 
 
 def _exponent_of(peak):
@@ -214,7 +217,7 @@ class Distributions:
 
 def _piece_tables(left, right, cumulative):
     """Per bucket of canonical histograms (rows of `[n, K]`): the quantile
-    function's pieces as `(left, right, width, base, mass)`.
+    function's pieces as `(left, width, base, mass)`.
 
     Bucket i holds `mass = cum[i + 1] - cum[i]` from `left` to `right`
     (`width` apart), starting at probability `base = cum[i]`; `mass` is
@@ -224,7 +227,7 @@ def _piece_tables(left, right, cumulative):
     mass[~(mass > 0)] = np.inf
     # Contiguous: pairs gather from them through flat indices.
     left, right = np.ascontiguousarray(left), np.ascontiguousarray(right)
-    return left, right, right - left, np.ascontiguousarray(cumulative[:, :-1]), mass
+    return left, right - left, np.ascontiguousarray(cumulative[:, :-1]), mass
 
 
 def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift_b):
@@ -255,29 +258,27 @@ def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift
     # far are i + 1 and b's m - i (likewise for b's point j), so no running
     # count is needed.
     points = np.take(grid.ravel(), (order + (np.arange(n) * size)[:, None]).ravel()).reshape(n, size)
-    from_a = order < points_a
-    position = np.arange(size)
-    bucket_a = np.clip(np.where(from_a, order, position + points_a - 1 - order), 0, k_a - 1)[:, :-1]
-    bucket_b = np.clip(np.where(from_a, position - 1 - order, order - points_a), 0, k_b - 1)[:, :-1]
+    # Segments start at every merged point but the last.
+    starts = order[:, :-1]
+    from_a = starts < points_a
+    position = np.arange(size - 1)
+    bucket_a = np.clip(np.where(from_a, starts, (position + points_a - 1) - starts), 0, k_a - 1)
+    bucket_b = np.clip(np.where(from_a, (position - 1) - starts, starts - points_a), 0, k_b - 1)
     start, end = points[:, :-1], points[:, 1:]
     shape = start.shape
 
     def linear_pieces(tables, rows, shift, bucket):
-        left, right, width, base, mass = tables
+        left, width, base, mass = tables
         flat = (bucket + (rows * left.shape[1])[:, None]).ravel()
 
         def gather(table):
             return np.take(table.ravel(), flat).reshape(shape)
 
         low, width = gather(left), gather(width)
-        shifted = np.flatnonzero(shift[:, 0])
-        if shifted.size:
-            # Those pairs' edges are scaled to their common power of two first.
-            scaled_left = ldexp(left[rows[shifted]], shift[shifted])
-            scaled_width = ldexp(right[rows[shifted]], shift[shifted]) - scaled_left
-            own = bucket[shifted] + (np.arange(shifted.size) * left.shape[1])[:, None]
-            low[shifted] = np.take(scaled_left.ravel(), own.ravel()).reshape(own.shape)
-            width[shifted] = np.take(scaled_width.ravel(), own.ravel()).reshape(own.shape)
+        if shift.any():
+            # Pairs whose steps differ in power of two: this step's edges are
+            # scaled to their common one (exact: a product with a power of two).
+            low, width = ldexp(low, shift), ldexp(width, shift)
         base, mass = gather(base), gather(mass)
 
         def at(p):
