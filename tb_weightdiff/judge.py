@@ -248,8 +248,9 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
 
     Each run is read only from the source it is judged from (a run with our
     summaries and Keras's histograms is not read twice), and runs are read
-    and judged in batches (`reader.iter_read_series`), so the memory a call
-    holds is bounded by a batch, not by the logdir.
+    and judged in batches (`reader.iter_read_series`), each read while the
+    one before is judged, so the memory a call holds is bounded by two
+    batches, not by the logdir.
 
     Args:
       logdir: a `reader.Logdir` (from `reader.open_logdir`, or the plugin's
@@ -303,7 +304,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
     fallback = {}  # runs of ours with nothing readable, judged from histograms if they have any
     if ours_runs:
         optimizers = reader.read_optimizer(logdir, ours_runs)
-        for series, warnings in reader.iter_read_series(logdir, metadata.PLUGIN_NAME, runs=ours_runs):
+        for series, warnings in reader.iter_read_series(logdir, metadata.PLUGIN_NAME, runs=ours_runs, ahead=True):
             read_runs = {s.run for s in series}
             for run, tag, message in warnings:
                 if source == "auto" and run not in read_runs and histogram_listing.get(run):
@@ -325,7 +326,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
         if histogram_runs:
             carried = [w for run in sorted(fallback) for w in fallback[run]]
             for series, warnings in reader.iter_read_series(
-                logdir, metadata.HISTOGRAM_PLUGIN_NAME, runs=histogram_runs
+                logdir, metadata.HISTOGRAM_PLUGIN_NAME, runs=histogram_runs, ahead=True
             ):
                 batch_runs = {s.run for s in series} | {w[0] for w in warnings}
                 mine = [w for w in carried if w[0] in batch_runs]

@@ -87,6 +87,55 @@ def test_batched_reads_give_what_one_read_gives(tmp_path, loader):
             assert len(whole) == {"tb_weightdiff": 4 * 8, "histograms": 4 * 2}[plugin_name]
 
 
+def test_runs_of_a_few_thousand_tensors_are_read_one_by_one(monkeypatch):
+    listing = {"run%d" % i: {"t%d" % t: _Listed(99) for t in range(20)} for i in range(5)}
+    wanted = {run: list(tags) for run, tags in listing.items()}
+    # 2,000 tensors per run: a read each, so that the next is read while one is judged.
+    assert [runs for runs, _ in reader.read_batches(listing, wanted)] == [["run%d" % i] for i in range(5)]
+    monkeypatch.setattr(reader, "READ_GROUP", 4_000)
+    assert [runs for runs, _ in reader.read_batches(listing, wanted)] == [
+        ["run0", "run1"], ["run2", "run3"], ["run4"]
+    ]
+
+
+class _ThirdReadFails(SpyProvider):
+    def read_tensors(self, ctx, **kwargs):
+        if len(self.reads) == 2:
+            self.reads.append(None)
+            raise RuntimeError("the data server went away")
+        return super().read_tensors(ctx, **kwargs)
+
+
+class _Listed:
+    def __init__(self, max_step):
+        self.max_step = max_step
+
+
+def test_reading_ahead_gives_the_same_batches_and_raises_where_reading_would(tmp_path):
+    _several_runs(tmp_path)
+    with reader.open_logdir(str(tmp_path), loader="python") as opened:
+        plain = list(reader.iter_read_series(opened, metadata.HISTOGRAM_PLUGIN_NAME, budget=10))
+        ahead = list(reader.iter_read_series(opened, metadata.HISTOGRAM_PLUGIN_NAME, budget=10, ahead=True))
+        assert len(ahead) == len(plain) == 4
+        assert [_flatten(series) for series, _ in ahead] == [_flatten(series) for series, _ in plain]
+        assert [warnings for _, warnings in ahead] == [warnings for _, warnings in plain]
+
+        # The third read fails: the caller gets two batches, then the error.
+        spy = _ThirdReadFails(opened.provider)
+        failing = reader.Logdir(spy, opened.loader)
+        got = []
+        with pytest.raises(RuntimeError, match="went away"):
+            for batch in reader.iter_read_series(failing, metadata.HISTOGRAM_PLUGIN_NAME, budget=10, ahead=True):
+                got.append(batch)
+        assert len(got) == 2
+
+        # A caller that stops after the first batch: at most the next read was made.
+        spy.reads.clear()
+        for _ in reader.iter_read_series(failing, metadata.HISTOGRAM_PLUGIN_NAME, budget=10, ahead=True):
+            break
+        assert len(spy.reads) == 2
+
+
 def test_an_answer_too_large_is_read_again_in_halves(tmp_path):
     _several_runs(tmp_path)
     with reader.open_logdir(str(tmp_path), loader="python") as opened:
