@@ -370,11 +370,19 @@ def as_histogram_array(values):
 
 
 def histogram_distributions(arrays):
-    """`Distributions` of float64 `[k, 3]` arrays (one per step), as `as_histogram_array` gives them."""
+    """`Distributions` of float64 `[k, 3]` arrays (one per step), as `as_histogram_array`
+    gives them, or of one float64 `[steps, k, 3]` array."""
     n = len(arrays)
-    width = max([a.shape[0] for a in arrays] + [1])
-    rows = np.array([a.shape[0] for a in arrays], dtype=np.int64)
-    if n and np.all(rows == width):
+    if isinstance(arrays, np.ndarray) and arrays.ndim == 3 and arrays.shape[1] > 0:
+        width = arrays.shape[1]
+        rows = np.full(n, width, dtype=np.int64)
+    else:
+        shapes = [a.shape[0] for a in arrays]
+        width = max(shapes + [1])
+        rows = np.array(shapes, dtype=np.int64)
+    if isinstance(arrays, np.ndarray) and rows.size and np.all(rows == width):
+        stacked = raw = arrays
+    elif n and np.all(rows == width):
         stacked = np.concatenate(arrays).reshape(n, width, 3)
         raw = stacked
     else:
@@ -393,7 +401,8 @@ def histogram_distributions(arrays):
         nonnegative = np.all(counts >= 0, axis=1)
         total = np.sum(counts, axis=1)
         valid = finite & nonnegative & (total > 0) & np.isfinite(total)
-        edges = np.where(valid[:, None, None], stacked[:, :, :2], 0.0)
+        # (A copy either way: the rebuilding below writes into the edges.)
+        edges = stacked[:, :, :2].copy() if valid.all() else np.where(valid[:, None, None], stacked[:, :, :2], 0.0)
         exponent = _exponent_of(np.max(np.abs(edges), axis=(1, 2)))
     edges = ldexp(edges, -exponent[:, None, None])
     left, right = edges[:, :, 0], edges[:, :, 1]

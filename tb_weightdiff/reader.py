@@ -10,6 +10,7 @@ Nothing here imports TensorFlow.
 """
 
 import bisect
+import collections.abc
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -224,7 +225,8 @@ class Series:
       run, tag: as TensorBoard names them.
       steps: list of int steps, ascending.
       summaries: for our own plugin, `metadata.WeightSummary` per step;
-        for plain histograms, `[k, 3]` float64 arrays per step.
+        for plain histograms, `[k, 3]` float64 arrays per step (a list, or
+        `StackedRows` when the reader decoded them as one array).
       source: `metadata.PLUGIN_NAME` or `metadata.HISTOGRAM_PLUGIN_NAME`.
       table: for our own plugin, optionally the `[steps, length]` float64
         array of the stored tensors, row by row (`metadata.decode_series`);
@@ -435,6 +437,9 @@ def drop_orphaned_steps(steps, summaries):
       `(steps, summaries, restarts)`: steps strictly increasing, and
       `[(from_step, to_step)]` for every place where the steps went back.
     """
+    steps = list(steps)
+    if all(a < b for a, b in zip(steps, steps[1:])):
+        return steps, summaries, []
     kept_steps, kept, restarts = [], [], []
     for step, summary in zip(steps, summaries):
         if kept_steps and step <= kept_steps[-1]:
@@ -666,9 +671,26 @@ def decode_tensors(tensors):
         and all(len(content) == size for content in contents)
         and all(t.dtype == first.dtype and t.tensor_shape == first.tensor_shape for t in tensors)
     ):
-        stacked = np.frombuffer(b"".join(contents), dtype=dtype).reshape((len(tensors),) + shape).copy()
-        return list(stacked)
+        return StackedRows(np.frombuffer(b"".join(contents), dtype=dtype).reshape((len(tensors),) + shape).copy())
     return [tensor_util.make_ndarray(tensor) for tensor in tensors]
+
+
+class StackedRows(collections.abc.Sequence):
+    """The tensors of one series as rows of one array (`stacked`): a sequence of
+    views, one per step. What reads the series can take `stacked` whole
+    instead of a numpy call per step (`metadata.check_histograms`,
+    `metadata.decode_series`, the analysis's histogram batches)."""
+
+    def __init__(self, stacked):
+        self.stacked = stacked
+
+    def __len__(self):
+        return self.stacked.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return StackedRows(self.stacked[index])
+        return self.stacked[index]
 
 
 def read_series(logdir, plugin_name=metadata.PLUGIN_NAME, runs=None, tags=None):

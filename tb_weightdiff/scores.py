@@ -220,7 +220,11 @@ def _variable_from_ours(series, steps, column, distributions):
 
 
 def _prepare_histograms(series):
-    """`(steps, [k, 3] arrays)` of one series of plain histograms; raises if malformed."""
+    """`(steps, histograms)` of one series of plain histograms: a float64 `[steps, k, 3]`
+    array when the reader stacked them, else a list of `[k, 3]` arrays; raises if malformed."""
+    stacked = getattr(series.summaries, "stacked", None)  # the reader's `StackedRows`
+    if isinstance(stacked, np.ndarray) and stacked.ndim == 3 and stacked.shape[2] == 3:
+        return _steps_of(series), stacked.astype(np.float64, copy=False)
     return _steps_of(series), [distance.as_histogram_array(h) for h in series.summaries]
 
 
@@ -251,11 +255,18 @@ def _histogram_batches(prepared):
     """
     groups = {}
     for series, _, arrays in prepared:
-        width = max([array.shape[0] for array in arrays] + [1])
+        if isinstance(arrays, np.ndarray):
+            width = max(arrays.shape[1], 1)
+        else:
+            width = max([array.shape[0] for array in arrays] + [1])
         groups.setdefault(width, []).append((series, arrays))
     found = {}
     for width, members in groups.items():
-        batch = distance.histogram_distributions([array for _, arrays in members for array in arrays])
+        if all(isinstance(arrays, np.ndarray) and arrays.shape[1] == width for _, arrays in members):
+            # Stacked by the reader: one concatenation, not one row per step.
+            batch = distance.histogram_distributions(np.concatenate([arrays for _, arrays in members]))
+        else:
+            batch = distance.histogram_distributions([array for _, arrays in members for array in arrays])
         if batch.left.shape[1] != width:
             for series, arrays in members:
                 found[id(series)] = distance.histogram_distributions(arrays)
