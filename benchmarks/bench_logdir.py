@@ -22,7 +22,9 @@ histograms=0,tb_weightdiff=0` (Rust data server). Measured in that process:
   after another;
 - peer 2: the data provider's raw batched read: `read_tensors` of every run
   and tag in one call, through TensorBoard's Rust data server
-  (`tb_weightdiff.reader.open_logdir(loader="rust")`), in this process.
+  (`tb_weightdiff.reader.open_logdir(loader="rust")`), in this process,
+  just before and just after each process's first /verdicts (the median of
+  those reads), so that both sides see the machine at the same speed.
 
 The same is measured on our own summaries (`--source tb_weightdiff`, what
 `WeightDiffCallback` writes) against the raw read.
@@ -50,29 +52,41 @@ SIZES = {
 }
 
 
-def raw_read_seconds(path, plugin_name, repeats):
-    """Median seconds of one batched `read_tensors` of every run and tag (Rust data server)."""
-    # pylint: disable=import-outside-toplevel
-    from tensorboard.data import provider as provider_lib
+class RawRead:
+    """The peer: one batched `read_tensors` of every run and tag (Rust data
+    server), in this process, on a data server that stays open, so that its
+    reads can take turns with the TensorBoards' requests."""
 
-    from tb_weightdiff import reader
+    def __init__(self, path, plugin_name):
+        # pylint: disable=import-outside-toplevel
+        from tensorboard.data import provider as provider_lib
 
-    with reader.open_logdir(path, loader="rust") as logdir:
-        listing = logdir.provider.list_tensors(logdir.ctx, experiment_id="", plugin_name=plugin_name)
-        run_tag_filter = provider_lib.RunTagFilter(
+        from tb_weightdiff import reader
+
+        self._reader = reader
+        self._opened = reader.open_logdir(path, loader="rust")
+        self._logdir = self._opened.__enter__()
+        self._plugin_name = plugin_name
+        listing = self._logdir.provider.list_tensors(self._logdir.ctx, experiment_id="", plugin_name=plugin_name)
+        self._filter = provider_lib.RunTagFilter(
             runs=sorted(listing), tags=sorted({tag for tags in listing.values() for tag in tags})
         )
-        count = {}
+        self.tensors = 0
+        self.times = []
+        self.read()  # warm-up, not counted
+        self.times = []
 
-        def read():
-            data = logdir.provider.read_tensors(
-                logdir.ctx, experiment_id="", plugin_name=plugin_name,
-                downsample=reader.ALL_SAMPLES, run_tag_filter=run_tag_filter,
-            )
-            count["tensors"] = sum(len(points) for tags in data.values() for points in tags.values())
+    def read(self):
+        started = time.perf_counter()
+        data = self._logdir.provider.read_tensors(
+            self._logdir.ctx, experiment_id="", plugin_name=self._plugin_name,
+            downsample=self._reader.ALL_SAMPLES, run_tag_filter=self._filter,
+        )
+        self.times.append(time.perf_counter() - started)
+        self.tensors = sum(len(points) for tags in data.values() for points in tags.values())
 
-        times = common.interleaved({"read": read}, repeats)
-    return times["read"], count["tensors"]
+    def close(self):
+        self._opened.__exit__(None, None, None)
 
 
 def histogram_loop_seconds(server):
@@ -129,11 +143,16 @@ def measure(runs, tensors, steps, mode, source="histograms"):
     # Judging itself is timed: the plugin must not judge ahead on its own
     # (at startup, or on a plugins listing) while requests are timed.
     os.environ["TB_WEIGHTDIFF_WARM_UP"] = "0"
+    raw_read = RawRead(path, source)
     cold = []
     for process in range(processes):
         server = _served(path, runs, steps - 1)
         try:
+            # The peer's read and the first /verdicts take turns, process by
+            # process: this shared machine's speed drifts by 2x within minutes.
+            raw_read.read()
             cold.append(get_verdicts(server)[0])
+            raw_read.read()
             if process < processes - 1:
                 continue
             cached = get_verdicts(server)[0]
@@ -168,7 +187,10 @@ def measure(runs, tensors, steps, mode, source="histograms"):
             server.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    raw, tensors_read = raw_read_seconds(path, source, 2 if large else repeats)
+    for _ in range(max(0, (2 if large else repeats) - len(raw_read.times))):
+        raw_read.read()
+    raw_read.close()
+    raw, tensors_read = common.median(raw_read.times), raw_read.tensors
     figure = "GET /verdicts, %s, %s, judged cold" % (size, label)
     if loop is not None:
         rows.append(common.row(
