@@ -30,7 +30,7 @@ import numpy as np
 from tb_weightdiff import metadata
 
 # Step pairs per numpy pass when computing W1 distances (see `Distributions.pairs`).
-_PAIR_CHUNK = 1024
+_PAIR_CHUNK = 512
 _WORKERS = min(4, os.cpu_count() or 1)
 _EXECUTOR = []
 _EXECUTOR_LOCK = threading.Lock()
