@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import operator
 import os
 import subprocess
 import tempfile
@@ -668,11 +669,16 @@ def decode_tensors(tensors):
         dtype is not None
         and dtype.kind in "fiub"
         and size > 0
-        and all(len(content) == size for content in contents)
-        and all(t.dtype == first.dtype and t.tensor_shape == first.tensor_shape for t in tensors)
+        and all(length == size for length in map(len, contents))
+        and all(dtype == first.dtype for dtype in map(_DTYPE_OF, tensors))
+        and all(shape == first.tensor_shape for shape in map(_SHAPE_OF, tensors))
     ):
         return StackedRows(np.frombuffer(b"".join(contents), dtype=dtype).reshape((len(tensors),) + shape).copy())
     return [tensor_util.make_ndarray(tensor) for tensor in tensors]
+
+
+_DTYPE_OF = operator.attrgetter("dtype")
+_SHAPE_OF = operator.attrgetter("tensor_shape")
 
 
 class StackedRows(collections.abc.Sequence):
