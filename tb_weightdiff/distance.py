@@ -46,6 +46,11 @@ def _executor():
         return _EXECUTOR[0]
 
 
+def in_background(function):
+    """`function()` on the thread pool the numpy work runs on: a `Future`."""
+    return _executor().submit(function)
+
+
 _PROBABILITIES = np.asarray(metadata.QUANTILE_PROBABILITIES, dtype=np.float64)
 
 
@@ -139,24 +144,25 @@ class Distributions:
             self, **sliced, batch=self.batch or self, offset=self.offset + start
         )
 
-    def row_digests(self):
+    def row_digests(self, rows=None):
         """`[n, 2]` uint64: a 128-bit digest (BLAKE2b) of each step's row of
         everything `pairs` reads (the normalized buckets or quantiles, the
         power of two, validity), padding and width included. Equal digests:
         equal W1 with any other step. (One hash call per row, ~2 us: half
-        the cost of mixing the words with numpy.)"""
+        the cost of mixing the words with numpy.) `rows`: only those steps'."""
         if self.kind == "quantiles":
             fields = [self.quantiles]
         else:
             fields = [self.left, self.right, self.cumulative]
-        n = self.valid.shape[0]
+        fields += [self.exponent.astype(np.int64), self.valid.astype(np.uint64)]
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            fields = [field[rows] for field in fields]
+        n = fields[-1].shape[0]
         if n == 0:
             return np.zeros((0, 2), dtype=np.uint64)
         words = np.concatenate(
-            [np.ascontiguousarray(field, dtype=np.float64).reshape(n, -1).view(np.uint64) for field in fields]
-            + [self.exponent.astype(np.int64).reshape(n, 1).view(np.uint64),
-               self.valid.astype(np.uint64).reshape(n, 1)],
-            axis=1,
+            [np.ascontiguousarray(field).reshape(n, -1).view(np.uint64) for field in fields], axis=1
         )
         size = words.shape[1] * words.itemsize
         buffer = memoryview(words).cast("B")

@@ -387,6 +387,11 @@ class DistanceMemo:
         count = int(differs[0]) if differs.size else length
         return count, mantissa, exponent
 
+    def has(self, key):
+        """Whether an entry is stored under `key`."""
+        with self._lock:
+            return key in self._entries
+
     def store(self, key, digests, mantissa, exponent):
         with self._lock:
             previous = self._entries.pop(key, None)
@@ -431,16 +436,30 @@ def _baseline_distances(variables, memo):
         groups.setdefault(id(root), (root, []))[1].append(variable)
     found, digests_of = {}, {}
     for root, members in groups.values():
-        digests = root.row_digests() if memo is not None else None
+        offsets = [variable.distributions.offset if variable.distributions.batch is not None else 0
+                   for variable in members]
+        keys, digests, pending = [None] * len(members), None, None
+        if memo is not None:
+            # A series' entry is named by its first step's digest. With none of
+            # this batch's stored, nothing can be reused: every step's digest
+            # (kept for the next judging) is then computed on the thread pool
+            # while the distances are.
+            heads = root.row_digests(offsets)
+            width = (root.quantiles if root.kind == "quantiles" else root.left).shape[1]
+            keys = [
+                (variable.run, variable.source, variable.tag, root.kind, width, head.tobytes())
+                if len(variable.steps) else None
+                for variable, head in zip(members, heads)
+            ]
+            if any(key is not None and memo.has(key) for key in keys):
+                digests = root.row_digests()
+            else:
+                pending = distance.in_background(root.row_digests)
         plans, firsts, seconds = [], [], []
-        for variable in members:
+        for variable, offset, key in zip(members, offsets, keys):
             mantissa, exponent, requests = _distance_requests(variable)
-            offset = variable.distributions.offset if variable.distributions.batch is not None else 0
-            key = own = None
-            if memo is not None and len(variable.steps):
-                own = digests_of[id(variable)] = digests[offset : offset + len(variable.steps)]
-                width = variable.distributions.quantiles if root.kind == "quantiles" else variable.distributions.left
-                key = (variable.run, variable.source, variable.tag, root.kind, width.shape[1], own[0].tobytes())
+            if key is not None and digests is not None:
+                own = digests[offset : offset + len(variable.steps)]
                 count, known_mantissa, known_exponent = memo.reuse(key, own)
                 if count:
                     for name in mantissa:
@@ -451,7 +470,7 @@ def _baseline_distances(variables, memo):
             for _, first, second in requests:
                 firsts.append(first + offset)
                 seconds.append(second + offset)
-            plans.append((variable, mantissa, exponent, requests, key, own))
+            plans.append((variable, mantissa, exponent, requests, key, offset))
             found[id(variable)] = (mantissa, exponent)
         if firsts:
             values, exponents = root.pairs(np.concatenate(firsts), np.concatenate(seconds))
@@ -462,8 +481,11 @@ def _baseline_distances(variables, memo):
                     exponent[name][targets] = exponents[position : position + targets.size]
                     position += targets.size
         if memo is not None:
-            for _, mantissa, exponent, _, key, own in plans:
+            if pending is not None:
+                digests = pending.result()
+            for variable, mantissa, exponent, _, key, offset in plans:
                 if key is not None:
+                    own = digests_of[id(variable)] = digests[offset : offset + len(variable.steps)]
                     # Copies: the variable's own arrays are its to use.
                     memo.store(key, own.copy(), {k: v.copy() for k, v in mantissa.items()},
                                {k: v.copy() for k, v in exponent.items()})
