@@ -129,6 +129,7 @@ class Distributions:
     batch: "Distributions" = None
     offset: int = 0
     _tables: tuple = dataclasses.field(default=None, init=False, repr=False)  # _piece_tables, on first use
+    _logged: tuple = dataclasses.field(default=None, init=False, repr=False)  # logged_row_stats, on first use
 
     _ROW_FIELDS = ("valid", "exponent", "std", "rms", "raw", "rows", "left", "right", "cumulative", "quantiles")
 
@@ -143,6 +144,18 @@ class Distributions:
         return dataclasses.replace(
             self, **sliced, batch=self.batch or self, offset=self.offset + start
         )
+
+    def logged_row_stats(self):
+        """Histograms only: `(totals, nonfinite)` per step of the buckets as logged
+        (`raw`), the sum of the counts (NaN or inf as they come) and whether
+        any number of the step is not finite. Computed once per batch."""
+        root = self.batch or self
+        if root._logged is None:
+            with np.errstate(invalid="ignore", over="ignore"):
+                totals = np.sum(root.raw[:, :, 2], axis=1)
+            root._logged = (totals, ~np.all(np.isfinite(root.raw), axis=(1, 2)))
+        part = slice(self.offset, self.offset + self.valid.shape[0]) if self.batch is not None else slice(None)
+        return tuple(values[part] for values in root._logged)
 
     def row_digests(self, rows=None):
         """`[n, 2]` uint64: a 128-bit digest (BLAKE2b) of each step's row of

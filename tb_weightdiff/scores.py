@@ -230,14 +230,12 @@ def _prepare_histograms(series):
 
 def _variable_from_histograms(series, steps, distributions):
     raw, rows = distributions.raw, distributions.rows
-    with np.errstate(invalid="ignore", over="ignore"):
-        totals = np.sum(raw[:, :, 2], axis=1)
+    # Padding repeats a finite edge or is zero, so it changes neither.
+    totals, nonfinite = distributions.logged_row_stats()
     finite_totals = totals[np.isfinite(totals)]
     variable = _new_variable(
         series, steps, distributions, elements=int(np.max(finite_totals, initial=0)), trainable=None
     )
-    # Padding repeats a finite edge or is zero, so it changes neither test.
-    nonfinite = ~np.all(np.isfinite(raw), axis=(1, 2))
     variable.diverged_step = _first_step_where(variable.steps, nonfinite)
     variable.frozen = bool(len(rows)) and bool(np.all(rows == rows[0]) and np.all(raw == raw[:1]))
     return variable
