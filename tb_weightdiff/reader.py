@@ -639,8 +639,73 @@ def _read_from_data_server(stub, experiment_id, plugin_name, runs, tags):
         by_tag = result.setdefault(run_entry.run_name, {})
         for tag_entry in run_entry.tags:
             data = tag_entry.data
-            by_tag[tag_entry.tag_name] = ([int(step) for step in data.step], decode_tensors(data.value))
+            stacked = _stacked_from_wire(data)
+            values = StackedRows(stacked) if stacked is not None else decode_tensors(data.value)
+            by_tag[tag_entry.tag_name] = ([int(step) for step in data.step], values)
     return result
+
+
+def _varint(value):
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _stacked_from_wire(data):
+    """The tensors of a data server's `TensorData` as rows of one array, cut out
+    of its wire form, or None (then `decode_tensors` reads them).
+
+    A series whose tensors share dtype and shape and hold their bytes in
+    `tensor_content` serializes as records of one length: each is field 3's
+    tag, the record's length, and a `TensorProto` whose bytes before the
+    content (dtype, shape) are the same. Those records are the message's
+    last bytes, after its steps and wall times. So the first tensor's record
+    is serialized, every record's header is compared with its header at
+    once, and the contents are one slice of the message's bytes: no Python
+    per tensor. Header equality, record by record from the first (whose
+    length is known), proves every record has that length, dtype and shape.
+    """
+    from tensorboard.data.proto import data_provider_pb2  # pylint: disable=import-outside-toplevel
+
+    values = data.value
+    count = len(values)
+    if count == 0:
+        return None
+    first = values[0]
+    content = first.tensor_content
+    dtype = _numpy_dtype(first.dtype)
+    if not content or dtype is None or dtype.kind not in "fiub":
+        return None
+    shape = tuple(int(dim.size) for dim in first.tensor_shape.dim)
+    tensor = first.SerializeToString()
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(content) or not tensor.endswith(content):
+        return None
+    record = b"\x1a" + _varint(len(tensor)) + tensor  # field 3, length-delimited
+    header = len(record) - len(content)
+    wire = data.SerializeToString()
+    start = len(wire) - count * len(record)
+    before = data_provider_pb2.TensorData()
+    before.step.extend(data.step)
+    before.wall_time.extend(data.wall_time)
+    if start < 0 or before.ByteSize() != start or wire[start : start + header] != record[:header]:
+        return None
+    rows = np.frombuffer(wire, dtype=np.uint8, offset=start).reshape(count, len(record))
+    if not np.array_equal(rows[:, :header], np.broadcast_to(rows[:1, :header], (count, header))):
+        return None
+    return np.ascontiguousarray(rows[:, header:]).view(dtype).reshape((count,) + shape)
+
+
+def _numpy_dtype(enum):
+    """numpy's dtype for a `DataType` enum value, or None."""
+    try:
+        from tensorboard.compat.tensorflow_stub import dtypes  # pylint: disable=import-outside-toplevel
+
+        return np.dtype(dtypes.as_dtype(enum).as_numpy_dtype)
+    except Exception:  # pylint: disable=broad-except
+        return None  # a dtype numpy has no name for
 
 
 def decode_tensors(tensors):
@@ -657,12 +722,7 @@ def decode_tensors(tensors):
         return []
     first = tensors[0]
     contents = [tensor.tensor_content for tensor in tensors]
-    try:
-        from tensorboard.compat.tensorflow_stub import dtypes  # pylint: disable=import-outside-toplevel
-
-        dtype = np.dtype(dtypes.as_dtype(first.dtype).as_numpy_dtype)
-    except Exception:  # pylint: disable=broad-except
-        dtype = None  # a dtype numpy has no name for: make_ndarray decides
+    dtype = _numpy_dtype(first.dtype)  # None: make_ndarray decides
     shape = tuple(int(dim.size) for dim in first.tensor_shape.dim)
     size = int(np.prod(shape, dtype=np.int64)) * (dtype.itemsize if dtype is not None else 0)
     if (

@@ -239,6 +239,46 @@ def test_tensors_decoded_as_one_buffer_equal_make_ndarray_one_by_one(name):
         assert np.array_equal(reader.decode_tensors(tensors)[0], expected[0])
 
 
+def _tensor_data(tensors, steps=None):
+    from tensorboard.data.proto import data_provider_pb2
+
+    data = data_provider_pb2.TensorData()
+    data.step.extend(steps if steps is not None else range(len(tensors)))
+    data.wall_time.extend([1.5e9 + i for i in range(len(tensors))])
+    for tensor in tensors:
+        data.value.add().CopyFrom(tensor)
+    return data
+
+
+@pytest.mark.parametrize("name", ["histograms", "stats", "counts", "ragged", "mixed", "strings", "empty"])
+def test_tensors_cut_from_the_wire_equal_make_ndarray_or_are_left_to_it(name):
+    from tensorboard.util import tensor_util
+
+    tensors = _tensor_protos()[name]
+    data = _tensor_data(tensors, steps=[3, 10 ** 12, 2 ** 40 + 7][: len(tensors)] + list(range(3, len(tensors))))
+    stacked = reader._stacked_from_wire(data)
+    if name in ("histograms", "stats", "counts"):
+        expected = [tensor_util.make_ndarray(tensor) for tensor in tensors]
+        assert stacked.dtype == expected[0].dtype and stacked.shape == (len(tensors),) + expected[0].shape
+        assert np.array_equal(stacked, np.stack(expected))
+    else:
+        assert stacked is None  # decode_tensors reads them, tensor by tensor where it must
+
+
+def test_tensors_alike_in_length_but_not_in_shape_or_dtype_are_not_cut_from_the_wire():
+    from tensorboard.util import tensor_util
+
+    same = [tensor_util.make_tensor_proto(np.full((4, 3), float(k))) for k in range(3)]
+    reshaped = same[:1] + [tensor_util.make_tensor_proto(np.full((3, 4), 1.0))] + same[2:]
+    retyped = same[:1] + [tensor_util.make_tensor_proto(np.full((4, 3), 1, dtype=np.int64))] + same[2:]
+    assert reader._stacked_from_wire(_tensor_data(same)) is not None
+    for tensors in (reshaped, retyped):
+        assert reader._stacked_from_wire(_tensor_data(tensors)) is None
+        decoded = reader.decode_tensors(_tensor_data(tensors).value)
+        assert [a.shape for a in decoded] == [tensor_util.make_ndarray(t).shape for t in tensors]
+        assert [a.dtype for a in decoded] == [tensor_util.make_ndarray(t).dtype for t in tensors]
+
+
 def test_the_data_server_is_read_through_its_stub_and_gives_what_read_tensors_gives(tmp_path, monkeypatch):
     _several_runs(tmp_path, count=2)
     with reader.open_logdir(str(tmp_path), loader="rust") as opened:
