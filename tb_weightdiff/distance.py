@@ -62,10 +62,9 @@ def _mean_abs_linear(d0, d1):
     """
     total = np.abs(d0)
     total += np.abs(d1)
-    # Strictly opposite signs (a zero or a NaN never crosses); rare, so the
-    # crossing formula is evaluated only there. (A product that underflows
-    # to 0 is taken as no crossing: both ends are then below 1e-154, and
-    # so is the difference between the two formulas.)
+    # Strictly opposite signs (a zero or a NaN never crosses). (A product
+    # that underflows to 0 is taken as no crossing: both ends are then below
+    # 1e-154, and so is the difference between the two formulas.)
     crossing = d0 * d1
     crossing = crossing < 0
     if not crossing.any():
@@ -393,26 +392,26 @@ def histogram_distributions(arrays):
     gives them, or of one float64 `[steps, k, 3]` array."""
     n = len(arrays)
     if isinstance(arrays, np.ndarray) and arrays.ndim == 3 and arrays.shape[1] > 0:
+        # One array already: every step has its width.
         width = arrays.shape[1]
         rows = np.full(n, width, dtype=np.int64)
+        stacked = raw = arrays
     else:
         shapes = [a.shape[0] for a in arrays]
         width = max(shapes + [1])
         rows = np.array(shapes, dtype=np.int64)
-    if isinstance(arrays, np.ndarray) and rows.size and np.all(rows == width):
-        stacked = raw = arrays
-    elif n and np.all(rows == width):
-        stacked = np.concatenate(arrays).reshape(n, width, 3)
-        raw = stacked
-    else:
-        stacked = np.zeros((n, width, 3))
-        for index, array in enumerate(arrays):
-            k = array.shape[0]
-            stacked[index, :k] = array
-            if 0 < k < width:
-                # Padding: empty point buckets at the last edge change nothing.
-                stacked[index, k:, :2] = array[-1, 1]
-        raw = stacked.copy()
+        if n and np.all(rows == width):
+            stacked = np.concatenate(arrays).reshape(n, width, 3)
+            raw = stacked
+        else:
+            stacked = np.zeros((n, width, 3))
+            for index, array in enumerate(arrays):
+                k = array.shape[0]
+                stacked[index, :k] = array
+                if 0 < k < width:
+                    # Padding: empty point buckets at the last edge change nothing.
+                    stacked[index, k:, :2] = array[-1, 1]
+            raw = stacked.copy()
     finite = np.all(np.isfinite(stacked), axis=(1, 2))
     stacked = _clip_legacy_layout(stacked, rows, finite)
     with np.errstate(invalid="ignore", over="ignore"):

@@ -363,8 +363,8 @@ def decode_series(values_list, steps=None):
       ValueError: a tensor does not have the layout of this format version,
         as `decode` says, or holds what no writer produces (`check_summaries`).
     """
-    stacked = getattr(values_list, "stacked", None)  # the reader's `StackedRows`
-    if isinstance(stacked, np.ndarray) and stacked.ndim == 2 and stacked.dtype.kind == "f":
+    stacked = stacked_rows(values_list)
+    if stacked is not None and stacked.ndim == 2 and stacked.dtype.kind == "f":
         length = stacked.shape[1]
         if length >= _HEADER_LENGTH and (length - _HEADER_LENGTH) % 3 == 0:
             table = stacked.astype(np.float64, copy=False)
@@ -392,6 +392,13 @@ def decode_series(values_list, steps=None):
     return SummaryRows(table), table
 
 
+def stacked_rows(values_list):
+    """The one array behind the tensors of a series when the reader decoded
+    them as rows of one (`reader.StackedRows`), else None."""
+    stacked = getattr(values_list, "stacked", None)
+    return stacked if isinstance(stacked, np.ndarray) else None
+
+
 def check_histograms(values_list, steps=None):
     """Raises ValueError unless every one is a TensorBoard `[k, 3]` histogram a writer
     could produce: finite, non-negative counts (usually whole, but TensorBoard does not
@@ -403,9 +410,8 @@ def check_histograms(values_list, steps=None):
     def damaged(index):
         return ValueError("damaged histogram at %s: a bucket count is not a finite number >= 0" % where(index))
 
-    stacked = getattr(values_list, "stacked", None)  # the reader's `StackedRows`
-    if (isinstance(stacked, np.ndarray) and stacked.ndim == 3 and stacked.shape[2] == 3
-            and stacked.dtype.kind in "fiu"):
+    stacked = stacked_rows(values_list)
+    if stacked is not None and stacked.ndim == 3 and stacked.shape[2] == 3 and stacked.dtype.kind in "fiu":
         # Every step's counts in one array: no numpy call per step.
         counts = stacked[:, :, 2].astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):

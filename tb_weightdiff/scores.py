@@ -222,8 +222,8 @@ def _variable_from_ours(series, steps, column, distributions):
 def _prepare_histograms(series):
     """`(steps, histograms)` of one series of plain histograms: a float64 `[steps, k, 3]`
     array when the reader stacked them, else a list of `[k, 3]` arrays; raises if malformed."""
-    stacked = getattr(series.summaries, "stacked", None)  # the reader's `StackedRows`
-    if isinstance(stacked, np.ndarray) and stacked.ndim == 3 and stacked.shape[2] == 3:
+    stacked = metadata.stacked_rows(series.summaries)
+    if stacked is not None and stacked.ndim == 3 and stacked.shape[2] == 3:
         return _steps_of(series), stacked.astype(np.float64, copy=False)
     return _steps_of(series), [distance.as_histogram_array(h) for h in series.summaries]
 
@@ -442,13 +442,13 @@ def _baseline_distances(variables, memo):
             # this batch's stored, nothing can be reused: every step's digest
             # (kept for the next judging) is then computed on the thread pool
             # while the distances are.
-            heads = root.row_digests(offsets)
+            # (A variable without steps has no first step, and no key.)
+            with_steps = [index for index, variable in enumerate(members) if len(variable.steps)]
+            heads = root.row_digests([offsets[index] for index in with_steps])
             width = (root.quantiles if root.kind == "quantiles" else root.left).shape[1]
-            keys = [
-                (variable.run, variable.source, variable.tag, root.kind, width, head.tobytes())
-                if len(variable.steps) else None
-                for variable, head in zip(members, heads)
-            ]
+            for index, head in zip(with_steps, heads):
+                variable = members[index]
+                keys[index] = (variable.run, variable.source, variable.tag, root.kind, width, head.tobytes())
             if any(key is not None and memo.has(key) for key in keys):
                 digests = root.row_digests()
             else:
