@@ -32,12 +32,14 @@ from tb_weightdiff import verdicts
 
 _LOGGER = logging.getLogger(__name__)
 
-# After TensorBoard starts, the logdir is judged once its listing has stayed
-# the same for this long (a logdir still being written: after the deadline).
+# For this long after TensorBoard starts, the logdir is judged each time its
+# listing has stayed the same for STARTUP_SETTLE_SECONDS and differs from the
+# one judged last (TensorBoard loads a large logdir in stages; each judging
+# after the first computes only what is new).
 # TB_WEIGHTDIFF_WARM_UP=0 in TensorBoard's environment: never judge before the tab asks.
 WARM_UP = os.environ.get("TB_WEIGHTDIFF_WARM_UP", "1").strip() != "0"
 STARTUP_WARM_UP = WARM_UP  # (in-process tests that count judgings turn it off)
-STARTUP_SETTLE_SECONDS = 2.0
+STARTUP_SETTLE_SECONDS = 0.5
 STARTUP_DEADLINE_SECONDS = 120.0
 
 # The frontend's ES modules and CSS, installed with the package; served under /static/.
@@ -405,24 +407,34 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             return thread
 
     def _warm_when_loaded(self):
-        """At startup: waits until TensorBoard's listing of the logdir stops
-        changing (two equal listings `STARTUP_SETTLE_SECONDS` apart, or
-        `STARTUP_DEADLINE_SECONDS` at most), then warms up once. A logdir
-        that never holds weight data is never judged."""
+        """At startup: for `STARTUP_DEADLINE_SECONDS`, looks at TensorBoard's
+        listing of the logdir every `STARTUP_SETTLE_SECONDS` and judges it
+        (`warm_up`) whenever it holds weight data, has not changed since the
+        look before and is not what was judged last. A logdir that loads in
+        one go is judged once, as soon as it is loaded; one that loads in
+        stages is judged again after each, at the cost of what is new (the
+        distance memo keeps the rest); after the first judging it looks a
+        quarter as often. A logdir still changing at the
+        deadline is judged then; one that never holds weight data, never."""
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        previous = None
+        previous = judged = None
         while True:
-            time.sleep(STARTUP_SETTLE_SECONDS)
+            # Quick looks until the first judging; then fewer (each costs a listing).
+            time.sleep(STARTUP_SETTLE_SECONDS * (1 if judged is None else 4))
             try:
                 logdir = self._background_logdir()
                 version = cache.data_version(logdir)
                 has_weights = bool(judge.runs_with_weights(judge.listings(logdir)))
             except Exception:  # pylint: disable=broad-except
                 version, has_weights = None, False  # not up yet: try again
-            if has_weights and (version == previous or time.monotonic() > deadline):
-                self.warm_up()
-                return
-            if time.monotonic() > deadline:
+            late = time.monotonic() > deadline
+            if has_weights and version != judged and (version == previous or late):
+                thread = self.warm_up()
+                if thread is not None:
+                    thread.join()
+                # (None: a judging the page asked for is running; it judges this data.)
+                judged = version
+            if late:
                 return
             previous = version
 

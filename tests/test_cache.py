@@ -273,6 +273,50 @@ def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked
         opened.__exit__(None, None, None)
 
 
+def test_a_logdir_that_loads_in_stages_is_judged_again_at_startup_for_what_is_new(tmp_path, monkeypatch):
+    """TensorBoard loads a large logdir in stages: the startup judging that
+    caught the first stage is followed by one of the run that gained a step."""
+    series = write_planted_logdir(tmp_path / "a")
+    write_planted_logdir(tmp_path / "b")
+    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
+    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.05)
+    judged = _count_judgings(monkeypatch)
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
+    )
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    from tensorboard.backend import application
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
+    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
+
+    def wait_for(count):
+        for _ in range(400):
+            plugin = _plugin_of(client)
+            warming = plugin._warming  # pylint: disable=protected-access
+            if len(judged) >= count and warming is not None and not warming.is_alive():
+                return
+            time.sleep(0.05)
+        raise AssertionError("judged %r, expected %d judgings" % (judged, count))
+
+    wait_for(1)
+    assert judged == [["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]]
+    time.sleep(0.5)
+    assert len(judged) == 1  # nothing new: not judged again
+    append_step(tmp_path / "a", series, 6)
+    multiplexer.Reload()
+    wait_for(2)
+    assert judged[1:] == [["a/planted"]]  # only the run that changed
+    answer = json.loads(client.get(PREFIX + "/verdicts").get_data())
+    assert len(judged) == 2  # the tab's first request is served from the startup judging
+    assert {run["run"]: run for run in answer["runs"]}["a/planted"]["steps"][-1] == 6
+
+
 def test_a_logdir_without_weights_is_never_judged_at_startup(tmp_path, monkeypatch):
     monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
     monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.02)
