@@ -11,12 +11,17 @@
 #
 #   bash run_tests.sh              # everything
 #   bash run_tests.sh -k summary   # extra arguments go to both pytest runs
+#   TBWD_TEST_JOBS=0 bash run_tests.sh   # without pytest-xdist's workers
 #
 # Needs Python 3.10+, PyPI, and root (or chromium already at /usr/bin/chromium).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
+# pytest-xdist workers; a test file stays on one worker (its module fixtures are
+# built once). Most of the suite waits on TensorBoard, Chromium and training, so
+# two workers on two cores halve its wall time. TBWD_TEST_JOBS=0: one process.
+JOBS=${TBWD_TEST_JOBS:-2}
 STARTED=$SECONDS
 elapsed() { echo "($((SECONDS - STARTED)) s since run_tests.sh started)"; }
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
@@ -44,11 +49,11 @@ WHEEL=$(ls dist-test/tb_weightdiff-*.whl)
 .venv-test/bin/python -m pip install -q "$WHEEL[tf,torch,lightning,test]" tensorboardX "jax==${JAX_VERSION:-0.10.2}"
 
 echo "== tests with TensorFlow (installed wheel: $WHEEL) $(elapsed) =="
-TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
+TBWD_EXPECT_INSTALLED=1 .venv-test/bin/pytest -q -p no:cacheprovider -n "$JOBS" --dist loadfile --durations=15 "$@"
 
 "$PYTHON" -m venv .venv-notf
 .venv-notf/bin/python -m pip install -q --upgrade pip
 .venv-notf/bin/python -m pip install -q "$WHEEL[test]"
 echo "== tests without TensorFlow $(elapsed) =="
-TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
+TBWD_EXPECT_INSTALLED=1 TBWD_EXPECT_NO_TF=1 .venv-notf/bin/pytest -q -p no:cacheprovider -n "$JOBS" --dist loadfile --durations=15 "$@"
 echo "== all tests passed $(elapsed) =="

@@ -36,6 +36,8 @@ setuptools.setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            # run_tests.sh runs the suite on two workers (a file per worker).
+            "pytest-xdist",
             "playwright",
             "hypothesis",
             "scipy",

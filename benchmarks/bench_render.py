@@ -37,7 +37,6 @@ canvases and all elements of the iframe.
 
 import argparse
 import os
-import shutil
 import sys
 import time
 
@@ -171,15 +170,9 @@ def write_wide_logdir(path, blocks, steps, source="histograms", width=64, seed=5
 
 
 def wide_logdir(blocks, steps, source):
-    path = os.path.join(common.CACHE_DIR, "wide_%s_%dx8x%d" % (source, blocks, steps))
-    marker = os.path.join(path, ".complete")
-    if not os.path.exists(marker):
-        shutil.rmtree(path, ignore_errors=True)
-        started = time.perf_counter()
-        write_wide_logdir(path, blocks, steps, source)
-        with open(marker, "w") as handle:
-            handle.write("%.1f s\n" % (time.perf_counter() - started))
-    return path
+    return common.cached_logdir(
+        "wide_%s_%dx8x%d" % (source, blocks, steps), lambda path: write_wide_logdir(path, blocks, steps, source)
+    )
 
 
 # Seconds between TensorBoard having loaded the logdir and the "later" first visit.

@@ -365,17 +365,33 @@ def fresh_verdicts_query(index):
     return "?min_shift=%.12g" % (1e-3 * (1 + (index + 1) * 1e-9))
 
 
+def cached_logdir(name, write):
+    """`CACHE_DIR/name`, written by `write(path)` unless a complete copy is there; returns its path.
+
+    Benchmarks that run at once (`run_all.py --jobs`) may ask for the same
+    logdir: a lock beside it lets one write it while the other waits."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(CACHE_DIR, name)
+    marker = os.path.join(path, ".complete")
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(marker):
+            shutil.rmtree(path, ignore_errors=True)
+            started = time.perf_counter()
+            write(path)
+            with open(marker, "w") as handle:
+                handle.write("%.1f s\n" % (time.perf_counter() - started))
+    return path
+
+
 def benchmark_logdir(runs, tensors, steps, source="histograms"):
     """A logdir written by `make_logdir.py` (cached in CACHE_DIR); returns its path."""
     sys.path.insert(0, HERE)
     from make_logdir import make_logdir  # pylint: disable=import-outside-toplevel
 
-    path = os.path.join(CACHE_DIR, "%s_%dx%dx%d" % (source, runs, tensors, steps))
-    marker = os.path.join(path, ".complete")
-    if not os.path.exists(marker):
-        shutil.rmtree(path, ignore_errors=True)
-        started = time.perf_counter()
-        make_logdir(path, runs=runs, tensors=tensors, steps=steps, source=source)
-        with open(marker, "w") as handle:
-            handle.write("%.1f s\n" % (time.perf_counter() - started))
-    return path
+    return cached_logdir(
+        "%s_%dx%dx%d" % (source, runs, tensors, steps),
+        lambda path: make_logdir(path, runs=runs, tensors=tensors, steps=steps, source=source),
+    )

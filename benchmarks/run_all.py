@@ -3,7 +3,7 @@
   python benchmarks/run_all.py            # the figures of the README's Performance section (~6 min on 2 cores)
   python benchmarks/run_all.py --quick    # fewer repeats, no 20M-value summary
   python benchmarks/run_all.py --full     # also 20 runs x 100 tensors x 200 steps (written once, ~3 min; ~25 min in all)
-  python benchmarks/run_all.py --smoke    # tiny sizes, under a minute: what the test suite runs
+  python benchmarks/run_all.py --smoke    # tiny sizes, two benchmarks at a time: what the test suite runs
   python benchmarks/run_all.py --only 2,3 --markdown table.md
 
 | # | script | ours | peer |
@@ -26,6 +26,8 @@ target), 1 when one failed.
 """
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import os
 import subprocess
@@ -126,6 +128,50 @@ def header(mode):
     ]
 
 
+_PRINT_LOCK = threading.Lock()
+
+
+def _run_one(key, mode, env, tmp, alone):
+    """Runs benchmark `key` in its own process: `{"rows", "failed", "warning"}`.
+    `alone`: no other benchmark runs meanwhile, so other processes' CPU is watched."""
+    script = os.path.join(common.HERE, BENCHMARKS[key])
+    rows_file = os.path.join(tmp, "rows-%s.jsonl" % key)
+    log_file = os.path.join(tmp, "stderr-%s.txt" % key)
+    print("\n# benchmark %s: %s --mode %s" % (key, BENCHMARKS[key], mode), flush=True)
+    started = time.perf_counter()
+    other_load = OtherLoad() if alone else None
+    out_file = os.path.join(tmp, "stdout-%s.txt" % key)
+    with open(log_file, "w") as stderr, open(out_file, "w") as stdout:
+        # Alone, its output comes as it goes; beside another, in one piece when it ends.
+        result = subprocess.run(
+            [sys.executable, script, "--mode", mode, "--rows-out", rows_file],
+            stderr=stderr, stdout=None if alone else stdout, env=env, check=False,
+        )
+    wall = time.perf_counter() - started
+    with _PRINT_LOCK:
+        if not alone:
+            with open(out_file) as handle:
+                print("\n# benchmark %s, its output:\n%s" % (key, handle.read().rstrip()), flush=True)
+        print("# benchmark %s took %.0f s" % (key, wall), flush=True)
+    outcome = {"rows": [], "failed": False, "warning": None}
+    others = other_load.stop() if other_load is not None else 0.0
+    if others > 0.1 * wall:
+        outcome["warning"] = ("other processes used %.0f CPU-seconds during benchmark %s (%.0f s): "
+                              "its figures may be inflated; rerun on an idle machine" % (others, key, wall))
+        print("# WARNING: " + outcome["warning"], flush=True)
+    if result.returncode != 0:
+        with open(log_file) as handle:
+            tail = handle.read()[-3000:]
+        outcome["failed"] = True
+        print("benchmark %s FAILED (exit %d):\n%s" % (key, result.returncode, tail), flush=True)
+        outcome["rows"].append(common.row("%s" % key, "FAILED: %s (exit %d)" % (BENCHMARKS[key], result.returncode), None))
+        return outcome
+    if os.path.exists(rows_file):
+        with open(rows_file) as handle:
+            outcome["rows"].extend(json.loads(line) for line in handle if line.strip())
+    return outcome
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
@@ -135,47 +181,36 @@ def main(argv=None):
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmark numbers (default: all)")
     parser.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
     parser.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="benchmarks run at once (default: 2 in --smoke, else 1: figures need an idle machine)")
     args = parser.parse_args(argv)
     chosen = [key.strip() for key in args.only.split(",") if key.strip()]
     unknown = [key for key in chosen if key not in BENCHMARKS]
     if unknown:
         parser.error("unknown benchmark %s; choose from %s" % (", ".join(unknown), ", ".join(BENCHMARKS)))
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs takes a whole number from 1 up")
 
     lines = header(args.mode)
     print("\n".join(lines), flush=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     rows, failures, warnings = [], [], []
+    jobs = args.jobs if args.jobs is not None else (2 if args.mode == "smoke" else 1)
     with tempfile.TemporaryDirectory(prefix="tbwd_bench_") as tmp:
-        for key in chosen:
-            script = os.path.join(common.HERE, BENCHMARKS[key])
-            rows_file = os.path.join(tmp, "rows-%s.jsonl" % key)
-            log_file = os.path.join(tmp, "stderr-%s.txt" % key)
-            print("\n# benchmark %s: %s --mode %s" % (key, BENCHMARKS[key], args.mode), flush=True)
-            started = time.perf_counter()
-            other_load = OtherLoad()
-            with open(log_file, "w") as stderr:
-                result = subprocess.run(
-                    [sys.executable, script, "--mode", args.mode, "--rows-out", rows_file],
-                    stderr=stderr, env=env, check=False,
-                )
-            wall = time.perf_counter() - started
-            print("# benchmark %s took %.0f s" % (key, wall), flush=True)
-            others = other_load.stop()
-            if others > 0.1 * wall:
-                warning = ("other processes used %.0f CPU-seconds during benchmark %s (%.0f s): "
-                           "its figures may be inflated; rerun on an idle machine" % (others, key, wall))
-                warnings.append(warning)
-                print("# WARNING: " + warning, flush=True)
-            if result.returncode != 0:
-                with open(log_file) as handle:
-                    tail = handle.read()[-3000:]
+        run = functools.partial(_run_one, mode=args.mode, env=env, tmp=tmp, alone=jobs == 1)
+        if jobs == 1:
+            outcomes = [run(key) for key in chosen]
+        else:
+            # Smoke sizes: each benchmark mostly waits for its imports, TensorBoard and
+            # Chromium, so two at a time halve the wall time; figures are not the point.
+            with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+                outcomes = list(pool.map(run, chosen))
+        for key, outcome in zip(chosen, outcomes):
+            if outcome["warning"]:
+                warnings.append(outcome["warning"])
+            if outcome["failed"]:
                 failures.append(key)
-                print("benchmark %s FAILED (exit %d):\n%s" % (key, result.returncode, tail), flush=True)
-                rows.append(common.row("%s" % key, "FAILED: %s (exit %d)" % (BENCHMARKS[key], result.returncode), None))
-                continue
-            if os.path.exists(rows_file):
-                with open(rows_file) as handle:
-                    rows.extend(json.loads(line) for line in handle if line.strip())
+            rows.extend(outcome["rows"])
 
     print("\n" + "=" * 20 + " all benchmarks " + "=" * 20)
     print("\n".join(lines))
