@@ -23,8 +23,9 @@ the tab's part into its GET /verdicts (the iframe's resource timing entry) and
 the rest. Cases:
 
 - the first navigation as soon as TensorBoard has loaded the logdir: the
-  plugin computes the verdicts (it starts when TensorBoard's page lists the
-  plugins, before the tab exists);
+  plugin computes the verdicts meanwhile (it starts half a second after
+  TensorBoard's listing stops changing, or when TensorBoard's page lists the
+  plugins, whichever comes first);
 - the first navigation of another TensorBoard process, 15 s after it loaded
   the logdir: the plugin has judged it on its own at startup;
 - the tab reopened in the same browser (the median of several): the browser
