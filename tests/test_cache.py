@@ -100,22 +100,29 @@ def _count_judgings(monkeypatch):
     return judged
 
 
-def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
-    series = write_planted_logdir(tmp_path / "a")
-    write_planted_logdir(tmp_path / "b")
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
-    )
-    multiplexer.AddRunsFromDirectory(str(tmp_path))
-    multiplexer.Reload()
+def _reloadable_client(logdir):
+    """`(werkzeug client over the plugin, the multiplexer it reads)`: `multiplexer.Reload()`
+    after writing to `logdir` is TensorBoard loading what is new."""
     from tensorboard.backend import application
     from tensorboard.plugins import base_plugin
     from werkzeug import test as werkzeug_test
     from werkzeug import wrappers
 
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
-    context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
-    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
+    )
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    context = base_plugin.TBContext(logdir=str(logdir), data_provider=provider)
+    app = application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)])
+    return werkzeug_test.Client(app, wrappers.Response), multiplexer
+
+
+def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
+    series = write_planted_logdir(tmp_path / "a")
+    write_planted_logdir(tmp_path / "b")
+    client, multiplexer = _reloadable_client(tmp_path)
     judged = _count_judgings(monkeypatch)
     first = json.loads(client.get(PREFIX + "/verdicts").get_data())
     assert judged == [["a/keras_like/train", "a/planted", "b/keras_like/train", "b/planted"]]
@@ -281,19 +288,7 @@ def test_a_logdir_that_loads_in_stages_is_judged_again_at_startup_for_what_is_ne
     monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
     monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.05)
     judged = _count_judgings(monkeypatch)
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0, metadata.HISTOGRAM_PLUGIN_NAME: 0},
-    )
-    multiplexer.AddRunsFromDirectory(str(tmp_path))
-    multiplexer.Reload()
-    from tensorboard.backend import application
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-    from werkzeug import wrappers
-
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
-    context = base_plugin.TBContext(logdir=str(tmp_path), data_provider=provider)
-    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin_lib.WeightDiffPlugin(context)]), wrappers.Response)
+    client, multiplexer = _reloadable_client(tmp_path)
 
     def wait_for(count):
         for _ in range(400):
