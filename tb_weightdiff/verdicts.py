@@ -286,6 +286,18 @@ def _floor(thresholds, kind):
     return thresholds.min_relative_change if kind == RELATIVE_CHANGE else thresholds.min_shift
 
 
+def _median(values):
+    """The median, as `np.median` gives it (NaN if any value is NaN), without
+    its first call's import of `numpy.ma` (~30 ms of a cold /verdicts)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    middle = ordered.size // 2
+    if ordered.size == 0 or np.isnan(ordered[-1]):
+        return math.nan
+    if ordered.size % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
 def _label(kind):
     return kind.replace("_", " ")
 
@@ -424,11 +436,11 @@ def judge(layers, thresholds):
     medians = {}
     for (group, kind), members in peers.items():
         logs = np.log([v.movement for v in members])
-        medians.setdefault(group, {})[kind] = float(np.exp(np.median(logs)))
+        medians.setdefault(group, {})[kind] = float(np.exp(_median(logs)))
         for index, variable in enumerate(members):
             others = np.delete(logs, index)
             if others.size:
-                variable.peer_median = float(np.exp(np.median(others)))
+                variable.peer_median = float(np.exp(_median(others)))
                 variable.ratio_to_median = variable.movement / variable.peer_median
     for variable in undecided:
         label = _label(variable.movement_kind)
@@ -627,7 +639,7 @@ def _findings(layers, optimizer, thresholds):
         findings.append(
             {
                 "kind": "barely_moving",
-                "update_ratio": float(np.median(ratios)),
+                "update_ratio": _median(ratios),
                 "learning_rate": rates[-1] if rates else None,
                 "message": (
                     "Every layer that learns barely moves: %.2g of its norm per update at most "
@@ -824,7 +836,7 @@ def _attach_resets(layer_entries, resets, thresholds):
         "examples": int(fields["examples"]),
         "groups": len(checked),
         "evaluated": len(evaluated),
-        "seconds_per_group": finite(float(np.median(evaluated))) if evaluated else None,
+        "seconds_per_group": finite(_median(evaluated)) if evaluated else None,
     }
 
 

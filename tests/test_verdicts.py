@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -278,3 +279,12 @@ def test_a_run_that_barely_moves_per_update_is_a_finding_not_a_verdict(rng):
     # Moving normally: no finding.
     [run] = judge.analyze_series(_kernels(rng, [0.1, 0.1, 0.1]), optimizers={"run": optimizer})
     assert run["findings"] == []
+
+
+@pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, -1.0, 2.0, 8.0], [-np.inf, 0.5, 2.0], [1.0, np.nan, 2.0], []])
+def test_the_median_is_numpys(values):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns for the empty one
+        expected = np.median(np.asarray(values, dtype=np.float64))
+    got = verdicts._median(values)  # pylint: disable=protected-access
+    assert (np.isnan(got) and np.isnan(expected)) or got == expected
