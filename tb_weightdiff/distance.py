@@ -234,17 +234,24 @@ class Distributions:
 
 def _piece_tables(left, right, cumulative):
     """Per bucket of canonical histograms (rows of `[n, K]`): the quantile
-    function's pieces as `(left, width, base, mass)`.
+    function's pieces as `(left, width, base, mass)`, each `[n, K + 1]`.
 
     Bucket i holds `mass = cum[i + 1] - cum[i]` from `left` to `right`
     (`width` apart), starting at probability `base = cum[i]`; `mass` is
     +inf where it is 0, so that a point mass's fraction is 0 without a mask.
+    Column K is an empty piece at 0 (`_w1_between` reads it, or the previous
+    row's, only for segments of zero length).
     """
-    mass = np.diff(cumulative, axis=1)
-    mass[~(mass > 0)] = np.inf
+    n, k = left.shape
     # Contiguous: pairs gather from them through flat indices.
-    left, right = np.ascontiguousarray(left), np.ascontiguousarray(right)
-    return left, right - left, np.ascontiguousarray(cumulative[:, :-1]), mass
+    tables = np.zeros((4, n, k + 1))
+    np.subtract(right, left, out=tables[1, :, :k])
+    tables[0, :, :k] = left
+    tables[2, :, :k] = cumulative[:, :-1]
+    mass = tables[3]
+    np.subtract(cumulative[:, 1:], cumulative[:, :-1], out=mass[:, :k])
+    mass[~(mass > 0)] = np.inf
+    return tuple(tables)
 
 
 def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift_b):
@@ -264,7 +271,7 @@ def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift
     every pair the step is part of.
     """
     n = cum_a.shape[0]
-    points_a, k_a, k_b = cum_a.shape[1], tables_a[0].shape[1], tables_b[0].shape[1]
+    points_a = cum_a.shape[1]
     grid = np.concatenate([cum_a, cum_b], axis=1)
     size = grid.shape[1]
     # Stable: at equal p, a's points come first, which the index bookkeeping needs.
@@ -275,12 +282,16 @@ def _w1_between(cum_a, tables_a, rows_a, shift_a, cum_b, tables_b, rows_b, shift
     # far are i + 1 and b's m - i (likewise for b's point j), so no running
     # count is needed.
     points = np.take(grid.ravel(), (order + (np.arange(n) * size)[:, None]).ravel()).reshape(n, size)
-    # Segments start at every merged point but the last.
+    # Segments start at every merged point but the last. A bucket index of
+    # -1 or K (before a side's first point or after its last) occurs only on
+    # a segment of zero length (both sides' points are 0 first and 1 last,
+    # and at equal p a's come first), where it reads the empty piece at
+    # column K of this row or the one before: a finite value times length 0.
     starts = order[:, :-1]
     from_a = starts < points_a
     position = np.arange(size - 1)
-    bucket_a = np.clip(np.where(from_a, starts, (position + points_a - 1) - starts), 0, k_a - 1)
-    bucket_b = np.clip(np.where(from_a, (position - 1) - starts, starts - points_a), 0, k_b - 1)
+    bucket_a = np.where(from_a, starts, (position + points_a - 1) - starts)
+    bucket_b = np.where(from_a, (position - 1) - starts, starts - points_a)
     start, end = points[:, :-1], points[:, 1:]
     shape = start.shape
 
