@@ -347,7 +347,11 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
     plugin_name = metadata.PLUGIN_NAME
 
     def __init__(self, context):
-        self._data_provider = context.data_provider
+        # TensorBoard's own data server: each call on a connection of its own,
+        # which spares each one its 40 ms wait for a delayed ACK.
+        self._data_provider = reader.connection_per_call(
+            context.data_provider, getattr(getattr(context, "flags", None), "grpc_creds_type", None)
+        )
         self._cache = cache.AnswerCache()
         self._run_verdicts = cache.RunVerdicts(self._cache)
         self._warm_lock = threading.Lock()

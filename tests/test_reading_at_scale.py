@@ -294,3 +294,49 @@ def test_the_data_server_is_read_through_its_stub_and_gives_what_read_tensors_gi
     assert fast_result == public_result
     with reader.open_logdir(str(tmp_path), loader="python") as opened:
         assert reader._data_server_stub(opened.provider) is None
+
+
+def test_each_call_to_tensorboards_data_server_has_a_connection_of_its_own_and_the_same_answers(tmp_path, monkeypatch):
+    """The Rust data server leaves Nagle's algorithm on, so a reused connection
+    waits 40 ms for a delayed ACK on most answers: every listing and read goes
+    through a channel of its own, and gives what TensorBoard's channel gives."""
+    _several_runs(tmp_path, count=2)
+    with reader.open_logdir(str(tmp_path), loader="rust") as opened:
+        per_call = opened.provider._provider  # pylint: disable=protected-access
+        assert isinstance(per_call, reader.ConnectionPerCall)
+        shared = per_call._provider  # TensorBoard's GrpcDataProvider on one channel
+        channels = []
+        real = reader.ConnectionPerCall._channel
+
+        def counted(self):
+            channels.append(1)
+            return real(self)
+
+        monkeypatch.setattr(reader.ConnectionPerCall, "_channel", counted)
+        ctx, experiment = opened.ctx, opened.experiment_id
+        for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME):
+            ours = per_call.list_tensors(ctx, experiment_id=experiment, plugin_name=plugin_name)
+            theirs = shared.list_tensors(ctx, experiment_id=experiment, plugin_name=plugin_name)
+            assert ours == theirs and ours
+        assert [r.run_name for r in per_call.list_runs(ctx, experiment_id=experiment)] == [
+            r.run_name for r in shared.list_runs(ctx, experiment_id=experiment)
+        ]
+        assert len(channels) == 3
+        read, _ = reader.read_series(opened, metadata.PLUGIN_NAME)
+        assert len(channels) > 3 and read  # reads through the stub, on channels of their own
+        monkeypatch.setattr(reader, "_data_server_stub", lambda provider: None)
+        assert _flatten(reader.read_series(opened, metadata.PLUGIN_NAME)[0]) == _flatten(read)
+
+
+def test_only_tensorboards_grpc_provider_on_this_machine_gets_a_connection_per_call():
+    from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
+
+    local = grpc_provider.GrpcDataProvider("localhost:6806", stub=None)
+    assert isinstance(reader.connection_per_call(local), reader.ConnectionPerCall)
+    # A data server elsewhere (--grpc_data_provider host:port): a connection per
+    # call would cost a handshake over the network each time; left as it is.
+    remote = grpc_provider.GrpcDataProvider("tb-data.example.com:6806", stub=None)
+    assert reader.connection_per_call(remote) is remote
+    other = SpyProvider(None)
+    assert reader.connection_per_call(other) is other
+    assert reader.connection_per_call(None) is None
