@@ -25,6 +25,13 @@ histograms=0,tb_weightdiff=0` (Rust data server). Measured in that process:
   (`tb_weightdiff.reader.open_logdir(loader="rust")`), in this process,
   just before and just after each process's first /verdicts (the median of
   those reads), so that both sides see the machine at the same speed.
+  It reads on a gRPC connection of its own, as the plugin does (see
+  `reader.ConnectionPerCall`); on TensorBoard's one channel some of its
+  answers would wait 40 ms more;
+- the repeated GET (what each poll of the tab costs) is also measured with
+  the plugin on TensorBoard's one gRPC channel
+  (TB_WEIGHTDIFF_CONNECTION_PER_CALL=0), whose answers mostly wait 40 ms for
+  a delayed ACK because the Rust data server leaves Nagle's algorithm on.
 
 The same is measured on our own summaries (`--source tb_weightdiff`, what
 `WeightDiffCallback` writes) against the raw read.
@@ -118,6 +125,28 @@ def _served(path, runs, last_step):
     return server
 
 
+POLLS = 15
+
+
+def _poll(server):
+    """Median seconds of a repeated GET /verdicts (the answer cache): what each poll of the tab costs."""
+    return common.median([get_verdicts(server)[0] for _ in range(POLLS)])
+
+
+def _poll_on_tensorboards_channel(path, runs, last_step):
+    """`_poll` with the plugin on TensorBoard's one gRPC channel (TB_WEIGHTDIFF_CONNECTION_PER_CALL=0)."""
+    os.environ["TB_WEIGHTDIFF_CONNECTION_PER_CALL"] = "0"
+    try:
+        server = _served(path, runs, last_step)
+    finally:
+        del os.environ["TB_WEIGHTDIFF_CONNECTION_PER_CALL"]
+    try:
+        get_verdicts(server)
+        return _poll(server)
+    finally:
+        server.stop()
+
+
 def _log_one_more_step(path, runs, tensors, steps, source):
     """Appends step `steps` to every run of the benchmark logdir at `path` (a new event file per run)."""
     from make_logdir import make_logdir  # pylint: disable=import-outside-toplevel
@@ -155,7 +184,7 @@ def measure(runs, tensors, steps, mode, source="histograms"):
             raw_read.read()
             if process < processes - 1:
                 continue
-            cached = get_verdicts(server)[0]
+            cached = _poll(server)
             rethresholded = []
             body_size = 0
             for index in range(repeats):
@@ -187,6 +216,7 @@ def measure(runs, tensors, steps, mode, source="histograms"):
             server.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    shared_poll = _poll_on_tensorboards_channel(path, runs, steps - 1) if source == "histograms" else None
     for _ in range(max(0, (2 if large else repeats) - len(raw_read.times))):
         raw_read.read()
     raw_read.close()
@@ -211,10 +241,17 @@ def measure(runs, tensors, steps, mode, source="histograms"):
         BENCH, "  same, after every run logged one more step, %s" % size, after_step * 1e3, raw * 1e3,
         peer_name="read_tensors",
     ))
-    rows.append(common.row(
-        BENCH, "  repeated GET /verdicts (answer cache), %s" % size, cached * 1e3, raw * 1e3,
-        peer_name="read_tensors",
-    ))
+    if shared_poll is not None:
+        rows.append(common.row(
+            BENCH, "  repeated GET /verdicts (answer cache: a poll of the tab), a gRPC connection per call, %s" % size,
+            cached * 1e3, shared_poll * 1e3, peer_name="same on TensorBoard's one channel",
+            note="median of %d polls each; TensorBoard's Rust data server leaves Nagle on" % POLLS,
+        ))
+    else:
+        rows.append(common.row(
+            BENCH, "  repeated GET /verdicts (answer cache), %s" % size, cached * 1e3, raw * 1e3,
+            peer_name="read_tensors",
+        ))
     return rows
 
 

@@ -665,7 +665,10 @@ def connection_per_call(provider, creds_type=None):
     """`provider` as a `ConnectionPerCall` when it is TensorBoard's gRPC provider
     on a loopback address (the data server TensorBoard started), else itself.
     `creds_type`: TensorBoard's `--grpc_creds_type` (`grpc_util.ChannelCredsType`;
-    None: LOCAL, its default)."""
+    None: LOCAL, its default). TB_WEIGHTDIFF_CONNECTION_PER_CALL=0 in the
+    environment keeps TensorBoard's one channel."""
+    if os.environ.get("TB_WEIGHTDIFF_CONNECTION_PER_CALL", "1").strip() == "0":
+        return provider
     try:
         # pylint: disable=import-outside-toplevel
         from tensorboard.data import grpc_provider

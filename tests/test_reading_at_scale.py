@@ -328,11 +328,14 @@ def test_each_call_to_tensorboards_data_server_has_a_connection_of_its_own_and_t
         assert _flatten(reader.read_series(opened, metadata.PLUGIN_NAME)[0]) == _flatten(read)
 
 
-def test_only_tensorboards_grpc_provider_on_this_machine_gets_a_connection_per_call():
+def test_only_tensorboards_grpc_provider_on_this_machine_gets_a_connection_per_call(monkeypatch):
     from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
 
     local = grpc_provider.GrpcDataProvider("localhost:6806", stub=None)
     assert isinstance(reader.connection_per_call(local), reader.ConnectionPerCall)
+    monkeypatch.setenv("TB_WEIGHTDIFF_CONNECTION_PER_CALL", "0")
+    assert reader.connection_per_call(local) is local
+    monkeypatch.delenv("TB_WEIGHTDIFF_CONNECTION_PER_CALL")
     # A data server elsewhere (--grpc_data_provider host:port): a connection per
     # call would cost a handshake over the network each time; left as it is.
     remote = grpc_provider.GrpcDataProvider("tb-data.example.com:6806", stub=None)
