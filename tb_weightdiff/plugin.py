@@ -40,6 +40,7 @@ _LOGGER = logging.getLogger(__name__)
 WARM_UP = os.environ.get("TB_WEIGHTDIFF_WARM_UP", "1").strip() != "0"
 STARTUP_WARM_UP = WARM_UP  # (in-process tests that count judgings turn it off)
 STARTUP_SETTLE_SECONDS = 0.5
+STARTUP_FIRST_LOOK_SECONDS = 0.05  # (TensorBoard still starts its web server meanwhile)
 STARTUP_DEADLINE_SECONDS = 120.0
 
 # The frontend's ES modules and CSS, installed with the package; served under /static/.
@@ -413,18 +414,20 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
     def _warm_when_loaded(self):
         """At startup: for `STARTUP_DEADLINE_SECONDS`, looks at TensorBoard's
         listing of the logdir every `STARTUP_SETTLE_SECONDS` and judges it
-        (`warm_up`) whenever it holds weight data, has not changed since the
-        look before and is not what was judged last. A logdir that loads in
-        one go is judged once, as soon as it is loaded; one that loads in
-        stages is judged again after each, at the cost of what is new (the
-        distance memo keeps the rest); after the first judging it looks a
-        quarter as often. A logdir still changing at the
-        deadline is judged then; one that never holds weight data, never."""
+        (`warm_up`) the first time it holds weight data, and then whenever
+        it has not changed since the look before and is not what was judged
+        last. TensorBoard's data server has usually loaded the logdir before
+        TensorBoard serves its page, so the first look that sees weights
+        judges at once; a logdir that loads in stages is judged again after
+        each, at the cost of what is new (the distance memo keeps the rest);
+        after the first judging it looks a quarter as often. A logdir still
+        changing at the deadline is judged then; one that never holds weight
+        data, never."""
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
         previous = judged = None
+        pause = STARTUP_FIRST_LOOK_SECONDS
         while True:
-            # Quick looks until the first judging; then fewer (each costs a listing).
-            time.sleep(STARTUP_SETTLE_SECONDS * (1 if judged is None else 4))
+            time.sleep(pause)
             try:
                 logdir = self._background_logdir()
                 version = cache.data_version(logdir)
@@ -432,7 +435,7 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             except Exception:  # pylint: disable=broad-except
                 version, has_weights = None, False  # not up yet: try again
             late = time.monotonic() > deadline
-            if has_weights and version != judged and (version == previous or late):
+            if has_weights and version != judged and (judged is None or version == previous or late):
                 thread = self.warm_up()
                 if thread is not None:
                     thread.join()
@@ -441,6 +444,8 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             if late:
                 return
             previous = version
+            # Quick looks until the first judging; then fewer (each costs a listing).
+            pause = STARTUP_SETTLE_SECONDS * (1 if judged is None else 4)
 
     def _background_logdir(self):
         # No request: the one experiment of `tensorboard --logdir`.

@@ -280,6 +280,28 @@ def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked
         opened.__exit__(None, None, None)
 
 
+def test_the_first_look_that_sees_weights_judges_at_once(tmp_path, monkeypatch):
+    """TensorBoard's data server has usually loaded the logdir before TensorBoard
+    serves its page: the startup judging does not wait for a second look."""
+    write_planted_logdir(tmp_path)
+    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
+    monkeypatch.setattr(plugin_lib, "STARTUP_FIRST_LOOK_SECONDS", 0.05)
+    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 60.0)  # no second look in this test
+    judged = _count_judgings(monkeypatch)
+    client, opened = plugin_client(tmp_path, "python")
+    try:
+        plugin = _plugin_of(client)
+        for _ in range(200):
+            if plugin._warming is not None:  # pylint: disable=protected-access
+                break
+            time.sleep(0.05)
+        assert plugin._warming is not None, "not judged within 10 s"  # pylint: disable=protected-access
+        plugin._warming.join(60)  # pylint: disable=protected-access
+        assert judged == [["keras_like/train", "planted"]]
+    finally:
+        opened.__exit__(None, None, None)
+
+
 def test_a_logdir_that_loads_in_stages_is_judged_again_at_startup_for_what_is_new(tmp_path, monkeypatch):
     """TensorBoard loads a large logdir in stages: the startup judging that
     caught the first stage is followed by one of the run that gained a step."""
