@@ -260,44 +260,31 @@ def test_the_plugin_reads_through_the_data_servers_stub_and_a_failure_there_is_a
         opened.__exit__(None, None, None)
 
 
-def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked(tmp_path, monkeypatch):
-    write_planted_logdir(tmp_path)
-    monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
-    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 0.05)
-    judged = _count_judgings(monkeypatch)
-    client, opened = plugin_client(tmp_path, "python")
-    try:
-        plugin = _plugin_of(client)
-        for _ in range(200):
-            if plugin._warming is not None:  # pylint: disable=protected-access
-                break
-            time.sleep(0.05)
-        plugin._warming.join(60)  # pylint: disable=protected-access
-        assert judged == [["keras_like/train", "planted"]]
-        assert client.get(PREFIX + "/verdicts").status_code == 200
-        assert len(judged) == 1
-    finally:
-        opened.__exit__(None, None, None)
+def _startup_judging(plugin):
+    """The plugin's startup judging thread, once it has started (10 s at most)."""
+    for _ in range(200):
+        if plugin._warming is not None:  # pylint: disable=protected-access
+            return plugin._warming  # pylint: disable=protected-access
+        time.sleep(0.05)
+    raise AssertionError("the startup judging did not start within 10 s")
 
 
-def test_the_first_look_that_sees_weights_judges_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("settle_seconds", [0.05, 60.0])
+def test_once_tensorboard_has_loaded_the_logdir_it_is_judged_without_being_asked(tmp_path, monkeypatch, settle_seconds):
     """TensorBoard's data server has usually loaded the logdir before TensorBoard
-    serves its page: the startup judging does not wait for a second look."""
+    serves its page: the first look that sees weights judges, without waiting
+    for a second look (60 s: two equal looks a minute apart would time out)."""
     write_planted_logdir(tmp_path)
     monkeypatch.setattr(plugin_lib, "STARTUP_WARM_UP", True)
     monkeypatch.setattr(plugin_lib, "STARTUP_FIRST_LOOK_SECONDS", 0.05)
-    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", 60.0)  # no second look in this test
+    monkeypatch.setattr(plugin_lib, "STARTUP_SETTLE_SECONDS", settle_seconds)
     judged = _count_judgings(monkeypatch)
     client, opened = plugin_client(tmp_path, "python")
     try:
-        plugin = _plugin_of(client)
-        for _ in range(200):
-            if plugin._warming is not None:  # pylint: disable=protected-access
-                break
-            time.sleep(0.05)
-        assert plugin._warming is not None, "not judged within 10 s"  # pylint: disable=protected-access
-        plugin._warming.join(60)  # pylint: disable=protected-access
+        _startup_judging(_plugin_of(client)).join(60)
         assert judged == [["keras_like/train", "planted"]]
+        assert client.get(PREFIX + "/verdicts").status_code == 200
+        assert len(judged) == 1
     finally:
         opened.__exit__(None, None, None)
 
