@@ -18,6 +18,7 @@ through TensorBoard's data provider (the plugin wraps it in a
 """
 
 import collections
+import hashlib
 import json
 import threading
 
@@ -49,6 +50,11 @@ def data_version(logdir):
     ]
     version.append(tuple(judge.listed_runs(logdir)))
     return tuple(version)
+
+
+def entity_tag(body):
+    """An HTTP entity tag of an answer's bytes (128-bit BLAKE2b, hex)."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 class AnswerCache:

@@ -223,6 +223,13 @@ def test_auto_refresh_picks_up_a_new_step(planted, tensorboard_process, page):
     frame.locator("button", has_text="Refresh now").click()
     frame.wait_for_function("before => document.querySelector('.updated').textContent !== before", arg=before, timeout=20000)
     assert frame.locator('section.run[data-run="planted"] table.layers[data-marked="yes"]').count() == 1
+    # The answer the browser held was revalidated by its ETag (a 304: headers only), not sent again.
+    # (Playwright reports such a response as the 200 the page sees; its resource timing does not.)
+    sizes = frame.evaluate(
+        "() => performance.getEntriesByType('resource').filter(e => e.name.includes('/verdicts'))"
+        ".map(e => [e.transferSize, e.encodedBodySize])"
+    )
+    assert any(0 < sent < body for sent, body in sizes[1:]), sizes
     append_step(logdir, series, 6)
     summary_line.filter(has_text="7 logged steps").wait_for(timeout=40000)
     heat = frame.locator('section.run[data-run="planted"] canvas.heatmap')

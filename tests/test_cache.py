@@ -119,6 +119,24 @@ def _reloadable_client(logdir):
     return werkzeug_test.Client(app, wrappers.Response), multiplexer
 
 
+def test_an_answer_the_tab_holds_already_comes_back_as_a_304_until_the_data_changes(tmp_path):
+    series = write_planted_logdir(tmp_path)
+    client, multiplexer = _reloadable_client(tmp_path)
+    first = client.get(PREFIX + "/verdicts")
+    tag = first.headers["ETag"]
+    assert first.status_code == 200 and tag.startswith('"') and first.get_data()
+    again = client.get(PREFIX + "/verdicts", headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.get_data() == b"" and again.headers["ETag"] == tag
+    # Another question (thresholds, CSV) is another answer, with its own tag.
+    other = client.get(PREFIX + "/verdicts?min_shift=0.5", headers={"If-None-Match": tag})
+    assert other.status_code == 200 and other.headers["ETag"] != tag
+    append_step(tmp_path, series, 6)
+    multiplexer.Reload()
+    later = client.get(PREFIX + "/verdicts", headers={"If-None-Match": tag})
+    assert later.status_code == 200 and later.headers["ETag"] != tag
+    assert json.loads(later.get_data())["runs"][-1]["steps"][-1] == 6
+
+
 def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):
     series = write_planted_logdir(tmp_path / "a")
     write_planted_logdir(tmp_path / "b")

@@ -15,7 +15,8 @@ export function verdictLabel(verdict) {
  * @return {Promise<string>}
  */
 export async function fetchText(route) {
-  const response = await fetch(route, {cache: 'no-store'});
+  // Always asked again, but an answer the browser holds comes back as a 304 (ETag).
+  const response = await fetch(route, {cache: 'no-cache'});
   const text = await response.text();
   if (!response.ok) {
     throw new Error(`${response.status}: ${text.trim().slice(0, 300)}`);
