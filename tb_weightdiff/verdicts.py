@@ -298,6 +298,28 @@ def _median(values):
     return float((ordered[middle - 1] + ordered[middle]) / 2)
 
 
+def _medians_without_each(values):
+    """`[_median(np.delete(values, i)) for i in range(n)]`, the same numbers, from
+    one sort instead of n (a peer group of 2,000 layers took 0.1 s the other way)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    n = values.size
+    if n < 2 or np.isnan(values).any():
+        return [_median(np.delete(values, index)) for index in range(n)]
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+
+    def kept(position):
+        # The `position`-th smallest of the others: one past the removed rank.
+        return ordered[position + (position >= rank)]
+
+    middle = (n - 1) // 2
+    if (n - 1) % 2:
+        return kept(np.full(n, middle)).tolist()
+    return ((kept(np.full(n, middle - 1)) + kept(np.full(n, middle))) / 2).tolist()
+
+
 def _label(kind):
     return kind.replace("_", " ")
 
@@ -437,10 +459,9 @@ def judge(layers, thresholds):
     for (group, kind), members in peers.items():
         logs = np.log([v.movement for v in members])
         medians.setdefault(group, {})[kind] = float(np.exp(_median(logs)))
-        for index, variable in enumerate(members):
-            others = np.delete(logs, index)
-            if others.size:
-                variable.peer_median = float(np.exp(_median(others)))
+        if len(members) > 1:
+            for variable, others in zip(members, _medians_without_each(logs)):
+                variable.peer_median = float(np.exp(others))
                 variable.ratio_to_median = variable.movement / variable.peer_median
     for variable in undecided:
         label = _label(variable.movement_kind)

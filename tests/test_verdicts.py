@@ -288,3 +288,14 @@ def test_the_median_is_numpys(values):
         expected = np.median(np.asarray(values, dtype=np.float64))
     got = verdicts._median(values)  # pylint: disable=protected-access
     assert (np.isnan(got) and np.isnan(expected)) or got == expected
+
+
+@pytest.mark.parametrize("values", [
+    [2.0], [1.0, 5.0], [3.0, 1.0, 2.0], [4.0, 4.0, 1.0, 4.0], [-np.inf, 0.5, 2.0, 7.0, 7.0],
+    [1.0, np.nan, 2.0], list(np.random.default_rng(3).normal(size=101)), list(np.random.default_rng(4).normal(size=100)),
+])
+def test_the_median_of_the_others_is_the_median_without_each(values):
+    expected = [verdicts._median(np.delete(np.asarray(values), i)) for i in range(len(values))]  # pylint: disable=protected-access
+    got = verdicts._medians_without_each(values)  # pylint: disable=protected-access
+    assert len(got) == len(expected)
+    assert all((np.isnan(a) and np.isnan(b)) or a == b for a, b in zip(got, expected))
