@@ -619,8 +619,12 @@ class ConnectionPerCall:
         self._address = provider._addr  # pylint: disable=protected-access
         self._channel_config = channel_config
 
-    def _channel(self):
-        import grpc  # pylint: disable=import-outside-toplevel
+    @contextlib.contextmanager
+    def _stub(self):
+        """The data server's stub on a new channel, closed after use."""
+        # pylint: disable=import-outside-toplevel
+        import grpc
+        from tensorboard.data import grpc_provider
 
         credentials, options = self._channel_config()
         options = list(options) + [
@@ -628,7 +632,8 @@ class ConnectionPerCall:
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_receive_message_length", 1 << 30),
         ]
-        return grpc.secure_channel(self._address, credentials, options=options)
+        with grpc.secure_channel(self._address, credentials, options=options) as channel:
+            yield grpc_provider.make_stub(channel)
 
     def stub(self):
         """An object whose `ReadTensors(request)` asks the server on a new connection."""
@@ -640,12 +645,10 @@ class ConnectionPerCall:
             return attribute
 
         def call(*args, **kwargs):
-            # pylint: disable=import-outside-toplevel
-            from tensorboard.data import grpc_provider
+            from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
 
-            with self._channel() as channel:
-                provider = grpc_provider.GrpcDataProvider(self._address, grpc_provider.make_stub(channel))
-                return getattr(provider, name)(*args, **kwargs)
+            with self._stub() as stub:
+                return getattr(grpc_provider.GrpcDataProvider(self._address, stub), name)(*args, **kwargs)
 
         return call
 
@@ -655,10 +658,8 @@ class _StubPerCall:
         self._owner = owner
 
     def ReadTensors(self, request):  # pylint: disable=invalid-name
-        from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
-
-        with self._owner._channel() as channel:  # pylint: disable=protected-access
-            return grpc_provider.make_stub(channel).ReadTensors(request)
+        with self._owner._stub() as stub:  # pylint: disable=protected-access
+            return stub.ReadTensors(request)
 
 
 def connection_per_call(provider, creds_type=None):

@@ -306,13 +306,13 @@ def test_each_call_to_tensorboards_data_server_has_a_connection_of_its_own_and_t
         assert isinstance(per_call, reader.ConnectionPerCall)
         shared = per_call._provider  # TensorBoard's GrpcDataProvider on one channel
         channels = []
-        real = reader.ConnectionPerCall._channel
+        real = reader.ConnectionPerCall._stub
 
         def counted(self):
             channels.append(1)
             return real(self)
 
-        monkeypatch.setattr(reader.ConnectionPerCall, "_channel", counted)
+        monkeypatch.setattr(reader.ConnectionPerCall, "_stub", counted)
         ctx, experiment = opened.ctx, opened.experiment_id
         for plugin_name in (metadata.PLUGIN_NAME, metadata.HISTOGRAM_PLUGIN_NAME):
             ours = per_call.list_tensors(ctx, experiment_id=experiment, plugin_name=plugin_name)
