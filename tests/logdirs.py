@@ -81,7 +81,15 @@ def append_step(logdir, series, step):
     for tag, values in series.items():
         value = values[-1] if "frozen" in tag else values[-1] * np.float32(1.01)
         events.append(summary.weights_pb(tag, value, reference=values[0], trainable=True))
-    write_events(logdir / "planted", {step: events}, suffix=".step%d" % step)
+    run = logdir / "planted"
+    before = sorted(path.name for path in run.iterdir())
+    write_events(run, {step: events}, suffix=".step%d" % step)
+    # TensorBoard's Python loader reads only files whose names sort after the
+    # one it is reading. A writer's name carries the second and a per-process
+    # counter (".9" sorts after ".10"), so within one second the new file could
+    # sort first and never be read: it is named after the last file instead.
+    (written,) = [path for path in run.iterdir() if path.name not in before]
+    written.rename(run / (before[-1] + ".step%d" % step))
 
 
 def write_corrupted_logdir(logdir, seed=0):
