@@ -163,6 +163,110 @@ def test_histogram_moments_treat_buckets_as_uniform():
     assert distance.histogram_moments(histogram([0, 1, 0])) == (None, None)
 
 
+def _bits(values):
+    return np.asarray(values, dtype=np.float64).view(np.int64)
+
+
+def test_interp_rows_is_np_interp_bit_for_bit(rng):
+    # Repeated knots (padding, touching buckets), values on knots, outside, NaN; scales of 1e-30 to 1e30.
+    for _ in range(300):
+        n, width, m = rng.integers(1, 5), rng.integers(2, 16), rng.integers(1, 12)
+        x = np.sort(rng.standard_normal((n, width)) * 10.0 ** rng.uniform(-30, 30), axis=1)
+        x[:, 1:][rng.random((n, width - 1)) < 0.3] = np.nan
+        x = np.fmax.accumulate(np.where(np.isnan(x), -np.inf, x), axis=1)  # a NaN repeats the knot before
+        f = np.sort(np.round(rng.random((n, width)), int(rng.integers(1, 4))), axis=1)
+        values = np.concatenate([rng.choice(x.ravel(), (n, m)), rng.standard_normal((n, m)) * np.abs(x).max() * 1.5], 1)
+        values[rng.random(values.shape) < 0.05] = np.nan
+        if rng.random() < 0.2:
+            # A jump over a subnormal gap: the slope overflows, and a value on the knot must still take f there.
+            x[0, :2], f[0, :2], values[0, 0] = (0.0, 5e-324), (0.0, 1.0), 0.0
+            x[0] = np.maximum.accumulate(x[0])
+            f[0] = np.maximum.accumulate(f[0])
+        expected = [np.interp(values[i], x[i], f[i], left=0.0, right=1.0) for i in range(n)]
+        np.testing.assert_array_equal(_bits(distance._interp_rows(values, x, f, 0.0, 1.0)), _bits(expected))
+        np.testing.assert_array_equal(
+            _bits(distance._at_own_knots(x, f)), _bits([np.interp(x[i], x[i], f[i]) for i in range(n)])
+        )
+
+
+def test_mean_abs_linear_computes_the_crossing_formula_only_where_it_crosses(rng):
+    def both_formulas(d0, d1):  # what it computed before: both everywhere, then a choice
+        total = np.abs(d0) + np.abs(d1)
+        with np.errstate(all="ignore"):
+            return np.where(d0 * d1 < 0, (d0 * d0 + d1 * d1) / (2 * total), total * 0.5)
+
+    d = rng.standard_normal((40, 9, 30)) * 10.0 ** rng.integers(-160, 160, (40, 9, 1))
+    d[rng.random(d.shape) < 0.1] = 0.0
+    d[rng.random(d.shape) < 0.02] = np.nan
+    x = np.cumsum(rng.random(d.shape), axis=-1)
+    expected = both_formulas(d[..., :-1], d[..., 1:])
+    np.testing.assert_array_equal(_bits(distance._mean_abs_linear(d[..., :-1], d[..., 1:])), _bits(expected))
+    np.testing.assert_array_equal(
+        _bits(distance._integral_abs_linear(x, d)), _bits(np.sum(np.diff(x, axis=-1) * expected, axis=-1))
+    )
+
+
+def _sorted_grid_residuals(tables, scales):
+    """The rescale fits' residuals as first written: every grid sorted, B's CDF
+    interpolated at every point. (The reference `_histogram_residuals` must equal.)"""
+    x_a, f_a, x_b, f_b, _ = tables
+    width = x_b.shape[1]
+    grid = np.empty(scales.shape + (width + 2,))
+    grid[:, :, :width] = x_b[:, None, :]
+    grid[:, :, width:] = x_a[:, None, [0, -1]] * scales[:, :, None]
+    grid.sort(axis=2)
+    unscaled = grid / scales[:, :, None]
+    difference = np.empty_like(grid)
+    for pair in range(grid.shape[0]):
+        difference[pair] = np.interp(grid[pair], x_b[pair], f_b[pair], left=0.0, right=1.0)
+        difference[pair] -= np.interp(unscaled[pair], x_a[pair], f_a[pair], left=0.0, right=1.0)
+    total = np.abs(difference[:, :, :-1]) + np.abs(difference[:, :, 1:])
+    product = difference[:, :, :-1] * difference[:, :, 1:]
+    with np.errstate(all="ignore"):
+        squares = (difference[:, :, :-1] ** 2 + difference[:, :, 1:] ** 2) / (2 * total)
+    return np.sum(np.diff(grid, axis=2) * np.where(product < 0, squares, total * 0.5), axis=2)
+
+
+def test_rescale_fits_equal_the_sorted_grid_they_replace(rng, monkeypatch):
+    # Steps with their own min-to-max edges, fixed edges (torch), touching and
+    # padded buckets, point masses, decay, drift and noise; both sides of B's range.
+    arrays = []
+    for _ in range(60):
+        values = rng.standard_normal(400) * rng.uniform(0.01, 3)
+        # (Halving is exact: the middle scale of the first grid puts A's extremes on B's end knots.)
+        changes = (values * rng.uniform(0.7, 1.1), values + rng.normal(0.2, 0.3, values.size), values * 0.9 + 0.01, values * 0.5)
+        for change in changes:
+            for step in (values, change):
+                if rng.random() < 0.3:
+                    edges = np.linspace(-4, 4, 25)
+                elif rng.random() < 0.1:
+                    step = np.round(step)  # a few point masses
+                    edges = np.linspace(step.min(), step.max(), 13)
+                else:
+                    edges = np.linspace(step.min(), step.max(), int(rng.integers(5, 31)))
+                arrays.append(distance.as_histogram_array(sample_histogram(step, edges)))
+    found = distance.histogram_distributions(arrays)
+    requests = [(found, i, i + 1, None) for i in range(0, len(arrays), 2)]
+    got = distance.rescale_fits(requests)
+    monkeypatch.setattr(distance, "_histogram_residuals", _sorted_grid_residuals)
+    expected = distance.rescale_fits(requests)
+    assert sum(r is not None for r, _ in got) > 200
+    assert got == expected
+    # Extremes of A that land exactly on B's knots (repeated ones too), at scales 1/2, 1 and 2.
+    rows = len(arrays)
+    x, f = distance._cdf_tables(found.left, found.right, found.cumulative, np.zeros(rows, np.int64))
+    x_a, x_b = x[0::2].copy(), x[1::2]
+    pairs, width = x_b.shape
+    inner = rng.integers(1, width // 2, pairs), rng.integers(width // 2, width - 1, pairs)
+    x_a[:, 0], x_a[:, -1] = x_b[np.arange(pairs), inner[0]] * 2, x_b[np.arange(pairs), inner[1]] * 2
+    x_a.sort(axis=1)
+    tables = distance._histogram_tables(np.stack([x_a, x_b], 1).reshape(rows, width), f)
+    scales = np.array([[0.5, 1.0, 2.0, 0.37]] * pairs)
+    np.testing.assert_array_equal(
+        _bits(distance._histogram_residuals(tables, scales)), _bits(_sorted_grid_residuals(tables, scales))
+    )
+
+
 def test_a_pure_rescaling_is_explained_exactly_and_diffusion_is_not(rng):
     values = rng.uniform(-1, 1, 5000)
     decayed = values * 0.97
