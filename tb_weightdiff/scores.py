@@ -520,23 +520,48 @@ def _finite_or_nan(values):
 
 
 def _scaled(mantissa, exponent, scale):
-    """W1 = mantissa * 2**exponent, divided by `scale` without overflow; NaN where undefined."""
+    """W1 = mantissa * 2**exponent, divided by `scale` without overflow; NaN where undefined.
+
+    `scale`: a number, or an array of them (NaN: none); None, or NaN, means no
+    spread at any step: every value was identical, so only 0 is meaningful."""
     if scale is None:
-        # No spread at any step: every value was identical, so only 0 is meaningful.
         return np.where(mantissa == 0, 0.0, np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _finite_or_nan(mantissa / distance.ldexp(np.full(mantissa.shape, scale), -exponent))
+        scaled = _finite_or_nan(mantissa / distance.ldexp(np.broadcast_to(scale, np.shape(mantissa)), -exponent))
+    return np.where(np.isnan(scale), np.where(mantissa == 0, 0.0, np.nan), scaled)
 
 
-def _score(variable, layer_scale, distances):
-    """Sets a variable's scores but for its rescaling; returns what `_rescale` needs
-    for it, `(variable, step index, W1 to the baseline there)`, or None."""
+def _scale_distances(variables, distances):
+    """Sets each variable's `distance_from_baseline`, `shift_from_baseline` and
+    `per_step_shift` (its `scale` chosen): every variable's steps in one pass.
+
+    Element by element the same numbers as one variable at a time; per
+    variable the cost was numpy's per-call overhead (a tenth of judging a
+    run of 2,000 series). Each variable gets views of the joined arrays."""
+    if not variables:
+        return
+    lengths = [len(variable.steps) for variable in variables]
+
+    def joined(part, name):
+        return np.concatenate([distances[id(variable)][part][name] for variable in variables])
+
+    scale = np.repeat([np.nan if v.scale is None else v.scale for v in variables], lengths)
+    from_baseline = _finite_or_nan(distance.ldexp(joined(0, "baseline"), joined(1, "baseline")))
+    shift = _scaled(joined(0, "baseline"), joined(1, "baseline"), scale)
+    per_step = _scaled(joined(0, "step"), joined(1, "step"), scale)
+    end = 0
+    for variable, length in zip(variables, lengths):
+        start, end = end, end + length
+        variable.distance_from_baseline = from_baseline[start:end]
+        variable.shift_from_baseline = shift[start:end]
+        variable.per_step_shift = per_step[start:end]
+
+
+def _score(variable, distances):
+    """Sets a variable's movement (`_scale_distances` has set its scores); returns
+    what `_rescale` needs for it, `(variable, step index, W1 to the baseline
+    there)`, or None."""
     mantissa, exponent = distances
-    scale, basis = choose_scale(variable, layer_scale)
-    variable.scale, variable.scale_basis = scale, basis
-    variable.distance_from_baseline = _finite_or_nan(distance.ldexp(mantissa["baseline"], exponent["baseline"]))
-    variable.shift_from_baseline = _scaled(mantissa["baseline"], exponent["baseline"], scale)
-    variable.per_step_shift = _scaled(mantissa["step"], exponent["step"], scale)
     if variable.source == metadata.PLUGIN_NAME and variable.has_reference:
         variable.movement_kind = RELATIVE_CHANGE
         index = _largest_at(variable.relative_change)
@@ -677,18 +702,22 @@ def score_layers(variables, settled_fraction=0.1, memo=None):
     layers = {}
     for variable in variables:
         layers.setdefault(variable.layer, []).append(variable)
-    pending = []
     for members in layers.values():
         # A zero-initialised bias has no spread of its own; its layer's largest
         # variable (the kernel) gives the scale its movement is measured in.
         with_spread = [v for v in members if v.steps and _usable(float(v.distributions.std[0]))]
         layer_scale = float(driver(with_spread).distributions.std[0]) if with_spread else None
         for variable in members:
-            rescaling = _score(variable, layer_scale, distances[id(variable)])
-            if rescaling is not None:
-                pending.append(rescaling)
-            variable.settled_step = settled_step(variable.steps, variable.per_step_shift, settled_fraction)
-            variable.peer_group = peer_group(variable)
+            variable.scale, variable.scale_basis = choose_scale(variable, layer_scale)
+    ordered = [variable for members in layers.values() for variable in members]
+    _scale_distances(ordered, distances)
+    pending = []
+    for variable in ordered:
+        rescaling = _score(variable, distances[id(variable)])
+        if rescaling is not None:
+            pending.append(rescaling)
+        variable.settled_step = settled_step(variable.steps, variable.per_step_shift, settled_fraction)
+        variable.peer_group = peer_group(variable)
     _rescale(pending, digests_of, memo)
     return layers
 

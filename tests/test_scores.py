@@ -70,6 +70,33 @@ def test_zero_spread_falls_back_to_the_layers_kernel(rng):
     assert variable["scale_basis"] == "rms" and variable["shift"] == pytest.approx(1.0)
 
 
+def test_a_run_is_scored_in_one_pass_as_each_layer_alone(rng):
+    # The per-step scores of all variables are computed on their steps joined:
+    # the numbers must be those of each layer scored on its own, bit for bit.
+    kernel = rng.normal(0, 0.5, (8, 8))
+    walked = [kernel + 0.01 * i * rng.normal(size=kernel.shape) for i in range(5)]
+    nan = [kernel, kernel * 1.01, np.full_like(kernel, np.nan), kernel]
+    series_list = [
+        ours("d/kernel", walked), ours("d/bias", [np.zeros(8), np.zeros(8), np.full(8, 0.01)]),
+        ours("z/bias", [np.zeros(3)] * 4),  # no spread at any step: no scale
+        ours("n/kernel", nan, reference=None), histograms("h/kernel", walked, steps=[2, 4, 6, 8, 10]),
+        histograms("h/bias", [np.zeros(8), np.full(8, 1e-30), np.full(8, 3e30)]),
+        histograms("one/kernel", walked[:1]),
+    ]
+    _, together = _scored(series_list)
+    assert together["z/bias"].scale is None and together["n/kernel"].diverged_step == 2
+    assert together["z/bias"].shift_from_baseline.tolist() == [0.0] * 4  # only 0 means something there
+    for layer in ("d", "z", "n", "h", "one"):
+        _, alone = _scored([s for s in series_list if s.tag.startswith(layer + "/")])
+        for tag, variable in alone.items():
+            for field in ("distance_from_baseline", "shift_from_baseline", "per_step_shift"):
+                np.testing.assert_array_equal(
+                    getattr(together[tag], field).view(np.int64), getattr(variable, field).view(np.int64)
+                )
+            for field in ("scale", "scale_basis", "movement", "movement_step", "settled_step", "rescale"):
+                assert getattr(together[tag], field) == getattr(variable, field), (tag, field)
+
+
 def _scored(series_list, fraction=0.1):
     variables = scores.build_variables(series_list, [])
     return scores.score_layers(variables, fraction), {v.tag: v for v in variables}
