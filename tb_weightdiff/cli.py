@@ -242,7 +242,10 @@ def _reset_cell(reset):
 
 def _report(args):
     given = {name: getattr(args, name) for name in verdicts.Thresholds.names()}
-    thresholds = verdicts.Thresholds(**{k: v for k, v in given.items() if v is not None})
+    try:
+        thresholds = verdicts.Thresholds(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as error:
+        raise _CommandError(str(error)) from None
     if "tensorflow" not in sys.modules:
         # TensorBoard's Python loader imports TensorFlow where it is installed,
         # only for file access it can do without: hundreds of MB of memory and

@@ -133,6 +133,7 @@ class Thresholds:
         metadata={
             "label": "settled fraction",
             "help": "a layer settled once its per-step shift stays below this fraction of its peak",
+            "below": 1.0,  # nothing stays below its own peak
         },
     )
     max_robust_reset: float = dataclasses.field(
@@ -160,6 +161,9 @@ class Thresholds:
                 raise ValueError(
                     "%s must be a finite number >= 0, got %r" % (field.name, value)
                 )
+            below = field.metadata.get("below")
+            if below is not None and not value < below:
+                raise ValueError("%s must be below %g, got %r" % (field.name, below, value))
             object.__setattr__(self, field.name, float(value))
 
     @classmethod
@@ -185,7 +189,7 @@ class Thresholds:
         """Thresholds from `{name: "1e-3"}` (query parameters); other keys are ignored.
 
         Raises:
-          ValueError: a value is not a finite number >= 0 (the message names it).
+          ValueError: a value is not a finite number >= 0, or not below its bound (the message names it).
         """
         base = base or cls()
         values = {}

@@ -189,6 +189,7 @@ def test_histogram_logdir_and_both_loaders_agree(logdirs):
         (["--min-shift", "-1"], ["--min-shift", ">= 0"]),
         (["--min-relative-change", "lots"], ["--min-relative-change", "not a number"]),
         (["--min-ratio-to-median", "nan"], ["--min-ratio-to-median"]),
+        (["--settled-fraction", "1"], ["settled_fraction must be below 1"]),
         (["--json", "--csv"], ["not allowed with"]),
         (["--loader", "java"], ["--loader", "invalid choice"]),
     ],

@@ -109,6 +109,7 @@ def test_verdicts_filtered_by_run_and_thresholds(client):
         ("min_shift=-1", 400, "min_shift must be a finite number >= 0"),
         ("min_shift=nan", 400, "min_shift"),
         ("min_relative_change=1e999", 400, "min_relative_change"),
+        ("settled_fraction=1", 400, "settled_fraction must be below 1"),
         ("min_ratio_to_median=" + "9" * 5000, 400, "too long"),
     ],
 )

@@ -37,6 +37,11 @@ def test_thresholds_validate_and_parse():
         verdicts.Thresholds.from_strings({"min_ratio_to_median": "lots"})
     with pytest.raises(ValueError, match=">= 0"):
         verdicts.Thresholds.from_strings({"min_ratio_to_median": "-1"})
+    # Nothing stays below its own peak: a settled fraction of 1 or more would settle nothing.
+    for bad in (1.0, 2.0):
+        with pytest.raises(ValueError, match="settled_fraction must be below 1"):
+            verdicts.Thresholds(settled_fraction=bad)
+    assert verdicts.Thresholds(settled_fraction=0.99).settled_fraction == 0.99
 
 
 def test_verdicts_of_planted_layers(model):
