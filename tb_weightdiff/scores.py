@@ -557,19 +557,13 @@ def _scale_distances(variables, distances):
         variable.per_step_shift = per_step[start:end]
 
 
-def _score(variable, distances):
-    """Sets a variable's movement (`_scale_distances` has set its scores); returns
-    what `_rescale` needs for it, `(variable, step index, W1 to the baseline
+def _score(variable, values, index, distances):
+    """Sets a variable's movement: the largest of its per-step `values` of
+    its movement kind, at `index` (None: none is finite). Returns what
+    `_rescale` needs for it, `(variable, step index, W1 to the baseline
     there)`, or None."""
     mantissa, exponent = distances
-    if variable.source == metadata.PLUGIN_NAME and variable.has_reference:
-        variable.movement_kind = RELATIVE_CHANGE
-        index = _largest_at(variable.relative_change)
-        variable.movement = None if index is None else float(variable.relative_change[index])
-    else:
-        variable.movement_kind = SHIFT
-        index = _largest_at(variable.shift_from_baseline)
-        variable.movement = None if index is None else float(variable.shift_from_baseline[index])
+    variable.movement = None if index is None else float(values[index])
     variable.movement_step = None if index is None else variable.steps[index]
     if index is not None and variable.movement > 0:
         return variable, index, (mantissa["baseline"][index], exponent["baseline"][index])
@@ -628,12 +622,37 @@ def _fixed_edges(distributions, first, second):
     return bool(np.mean(known[where] == inner[1]) > 0.5)
 
 
+def _segments(arrays):
+    """`(joined, starts, lengths)` of 1-D float arrays laid end to end."""
+    lengths = np.array([len(values) for values in arrays], dtype=np.int64)
+    joined = np.concatenate([np.asarray(values, dtype=np.float64) for values in arrays]) if arrays else np.zeros(0)
+    return joined, np.cumsum(lengths) - lengths, lengths
+
+
+def _largest_each(arrays):
+    """For each array, the index of its largest finite value (the first of
+    equals), or None: one pass over all of them joined."""
+    values, starts, lengths = _segments(arrays)
+    found = [None] * len(arrays)
+    filled = np.flatnonzero(lengths > 0)
+    if not filled.size:
+        return found
+    finite = np.isfinite(values)
+    masked = np.where(finite, values, -np.inf)
+    # Empty arrays hold no elements: the filled ones' starts cut the joined array exactly.
+    peaks = np.maximum.reduceat(masked, starts[filled])
+    any_finite = np.logical_or.reduceat(finite, starts[filled])
+    hits = np.flatnonzero(masked == np.repeat(peaks, lengths[filled]))
+    firsts = hits[np.searchsorted(hits, starts[filled])] - starts[filled]
+    for number, first, has in zip(filled.tolist(), firsts.tolist(), any_finite.tolist()):
+        if has:
+            found[number] = first
+    return found
+
+
 def _largest_at(values):
     """Index of the largest finite value (the first of equals), or None."""
-    finite = np.isfinite(values)
-    if not finite.any():
-        return None
-    return int(np.argmax(np.where(finite, values, -np.inf)))
+    return _largest_each([values])[0]
 
 
 def _exact_rescaling(variable, index):
@@ -659,18 +678,34 @@ def settled_step(steps, per_step_shift, fraction):
     None when it never moved, or its last two intervals are not both below
     (still moving, or too few steps to say).
     """
-    values = np.asarray(per_step_shift, dtype=np.float64)
+    return settled_steps([steps], [per_step_shift], fraction)[0]
+
+
+def settled_steps(steps_list, shifts_list, fraction):
+    """`settled_step` of many series, in one pass over their per-step shifts joined."""
+    values, starts, lengths = _segments(shifts_list)
+    found = [None] * len(shifts_list)
+    filled = np.flatnonzero(lengths >= 3)
+    if not filled.size:
+        return found
     finite = np.isfinite(values)
-    if values.size < 3 or not finite[1:].any():
-        return None
-    peak = float(np.max(values[finite]))
-    if not peak > 0:
-        return None
-    above = np.flatnonzero(finite & (values > fraction * peak))
-    last = int(above[-1])
-    if values.size - 1 - last < 2:
-        return None
-    return int(steps[last])
+    # Every array shorter than 3 is left out: the joined arrays of the others.
+    keep = np.repeat(lengths >= 3, lengths)
+    values, finite = values[keep], finite[keep]
+    starts, lengths = np.cumsum(lengths[filled]) - lengths[filled], lengths[filled]
+    moved = finite.copy()
+    moved[starts] = False  # an interval after the first step must be finite
+    moved = np.logical_or.reduceat(moved, starts)
+    peaks = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
+    with np.errstate(invalid="ignore"):  # 0 x the -inf peak of a series with nothing finite
+        above = finite & (values > fraction * np.repeat(peaks, lengths))
+    lasts = np.maximum.reduceat(np.where(above, np.arange(values.size), -1), starts) - starts
+    for number, has, peak, last, length in zip(filled.tolist(), moved.tolist(), peaks.tolist(), lasts.tolist(),
+                                               lengths.tolist()):
+        # (With nothing above, which a fraction below 1 rules out, `last` is negative.)
+        if has and peak > 0 and 0 <= last and length - 1 - last >= 2:
+            found[number] = int(steps_list[number][last])
+    return found
 
 
 def peer_group(variable):
@@ -711,12 +746,20 @@ def score_layers(variables, settled_fraction=0.1, memo=None):
             variable.scale, variable.scale_basis = choose_scale(variable, layer_scale)
     ordered = [variable for members in layers.values() for variable in members]
     _scale_distances(ordered, distances)
-    pending = []
+    movements = []
     for variable in ordered:
-        rescaling = _score(variable, distances[id(variable)])
+        # Relative change where our summaries have a reference; the shift otherwise.
+        exact = variable.source == metadata.PLUGIN_NAME and variable.has_reference
+        variable.movement_kind = RELATIVE_CHANGE if exact else SHIFT
+        movements.append(variable.relative_change if exact else variable.shift_from_baseline)
+    largest = _largest_each(movements)
+    settled = settled_steps([v.steps for v in ordered], [v.per_step_shift for v in ordered], settled_fraction)
+    pending = []
+    for variable, values, index, step in zip(ordered, movements, largest, settled):
+        rescaling = _score(variable, values, index, distances[id(variable)])
         if rescaling is not None:
             pending.append(rescaling)
-        variable.settled_step = settled_step(variable.steps, variable.per_step_shift, settled_fraction)
+        variable.settled_step = step
         variable.peer_group = peer_group(variable)
     _rescale(pending, digests_of, memo)
     return layers

@@ -163,6 +163,43 @@ def test_settled_step_is_where_the_per_step_shift_stays_low():
     assert scores.settled_step(steps[:2], [np.nan, 1.0], 0.1) is None
 
 
+def _settled_alone(steps, values, fraction):
+    """`settled_step` of one series as first written (the batched one must equal it)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if values.size < 3 or not finite[1:].any():
+        return None
+    peak = float(np.max(values[finite]))
+    if not peak > 0:
+        return None
+    last = int(np.flatnonzero(finite & (values > fraction * peak))[-1])
+    return None if values.size - 1 - last < 2 else int(steps[last])
+
+
+def test_largest_and_settled_of_many_series_at_once_equal_each_alone(rng):
+    arrays = []
+    for _ in range(400):
+        values = rng.exponential(1.0, int(rng.integers(0, 9))) * rng.choice([0.0, 1e-300, 1.0, 1e300])
+        values[rng.random(values.size) < 0.2] = np.nan
+        if rng.random() < 0.2 and values.size:
+            values[rng.integers(values.size)] = rng.choice([np.inf, -np.inf, values.max(initial=0)])
+        if rng.random() < 0.3:
+            values = np.round(values, 1)  # ties: the first of equals
+        arrays.append(values)
+    steps = [list(range(10, 10 + 3 * len(values), 3)) for values in arrays]
+
+    def largest_alone(values):
+        finite = np.isfinite(values)
+        return int(np.argmax(np.where(finite, values, -np.inf))) if finite.any() else None
+
+    assert scores._largest_each(arrays) == [largest_alone(values) for values in arrays]
+    for fraction in (0.0, 0.1, 0.5, 0.999):
+        expected = [_settled_alone(s, values, fraction) for s, values in zip(steps, arrays)]
+        assert scores.settled_steps(steps, arrays, fraction) == expected
+        assert sum(step is not None for step in expected) > 5
+    assert scores._largest_each([]) == [] and scores.settled_steps([], [], 0.1) == []
+
+
 def test_updates_give_the_movement_per_update(rng):
     start = rng.normal(size=(8, 8))
     _, by_tag = _scored([ours("a/w", [start, start * 1.5])])
