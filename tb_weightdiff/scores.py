@@ -644,8 +644,9 @@ def _rescale(pending, digests_of=None, memo=None):
             if key is not False:
                 fitted.append((variable, index, known))
                 keys.append(key)
-        if variable.distributions.kind == "histogram":
-            variable.fixed_edges = _fixed_edges(variable.distributions, 0, index)
+    histograms = [(v, index) for v, index, _ in pending if v.distributions.kind == "histogram"]
+    for (variable, _), fixed in zip(histograms, _fixed_edges_each([(v.distributions, 0, i) for v, i in histograms])):
+        variable.fixed_edges = fixed
     found = distance.rescale_fits([(v.distributions, 0, index, known) for v, index, known in fitted])
     for (variable, _, _), key, (residual, scale) in zip(fitted, keys, found):
         variable.rescale_residual, variable.rescale = residual, scale
@@ -656,17 +657,40 @@ def _rescale(pending, digests_of=None, memo=None):
 def _fixed_edges(distributions, first, second):
     """Whether two steps' histograms share most inner bucket edges (fixed buckets, as
     torch's `add_histogram` writes by default) instead of spanning each its own range."""
-    inner = []
-    for row in (first, second):
-        count = int(distributions.rows[row])
-        inner.append(distributions.raw[row, 1:count, 0])
-    if inner[0].size < 2 or inner[1].size < 2:
-        return False
-    # np.isin(inner[1], inner[0]) by binary search (isin sorts both: a tenth
-    # of judging a run of thousands of small histograms).
-    known = np.sort(inner[0])
-    where = np.minimum(np.searchsorted(known, inner[1]), known.size - 1)
-    return bool(np.mean(known[where] == inner[1]) > 0.5)
+    return _fixed_edges_each([(distributions, first, second)])[0]
+
+
+def _fixed_edges_each(pairs):
+    """`_fixed_edges` of many `(distributions, first, second)`, in one sort of all their edges.
+
+    For each pair, the share of the second step's inner edges (each bucket's
+    left edge but the first's) found among the first step's, above one half.
+    """
+    if not pairs:
+        return []
+    edges, owners, second_side = [], [], []
+    sizes = np.zeros((len(pairs), 2), dtype=np.int64)
+    for number, (distributions, first, second) in enumerate(pairs):
+        for side, row in enumerate((first, second)):
+            inner = distributions.raw[row, 1 : int(distributions.rows[row]), 0]
+            sizes[number, side] = inner.size
+            edges.append(inner)
+    counts = sizes.reshape(-1)
+    values = np.concatenate(edges)
+    owners = np.repeat(np.arange(len(pairs)), sizes.sum(axis=1))
+    second_side = np.repeat(np.tile([False, True], len(pairs)), counts)
+    # Sorted by pair, then value, the first step's edges before the second's at
+    # equal values: a second-step edge is known when the last first-step edge at
+    # or before it is of its pair and equal to it (NaN equals nothing).
+    order = np.lexsort((second_side, values, owners))
+    values, owners, second_side = values[order], owners[order], second_side[order]
+    last_first = np.maximum.accumulate(np.where(second_side, -1, np.arange(values.size)))
+    before = np.maximum(last_first, 0)
+    known = second_side & (last_first >= 0) & (owners[before] == owners) & (values[before] == values)
+    shared = np.bincount(owners[known], minlength=len(pairs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = shared / sizes[:, 1]
+    return ((sizes.min(axis=1) >= 2) & (share > 0.5)).tolist()
 
 
 def _segments(arrays):

@@ -238,6 +238,45 @@ def test_histogram_facts_of_a_batch_equal_each_series_alone(rng):
     ]
 
 
+def test_fixed_edges_of_many_pairs_at_once_equal_each_alone(rng):
+    from tb_weightdiff import distance
+
+    def alone(distributions, first, second):  # as first written, one pair at a time
+        inner = [distributions.raw[row, 1 : int(distributions.rows[row]), 0] for row in (first, second)]
+        if inner[0].size < 2 or inner[1].size < 2:
+            return False
+        known = np.sort(inner[0])
+        where = np.minimum(np.searchsorted(known, inner[1]), known.size - 1)
+        return bool(np.mean(known[where] == inner[1]) > 0.5)
+
+    def histogram(edges):
+        return np.stack([edges[:-1], edges[1:], np.ones(edges.size - 1)], axis=1)
+
+    arrays = []
+    for _ in range(250):
+        first = np.sort([np.linspace(-1, 1, int(rng.integers(2, 12))),  # torch's fixed buckets
+                         rng.normal(size=int(rng.integers(2, 12))),
+                         rng.choice([-0.0, 0.0, 0.5, 1.0, 1.5, np.nan], int(rng.integers(2, 9)))][rng.integers(3)])
+        kind = rng.integers(3)
+        if kind == 0:  # the same edges, a few dropped
+            second = first[rng.random(first.size) < 0.8]
+        elif kind == 1:  # its own range
+            second = np.sort(rng.normal(size=int(rng.integers(2, 12))))
+        else:  # some shared, repeats, -0.0 against 0.0
+            second = np.sort(np.concatenate([rng.choice(first, int(rng.integers(0, 6))), rng.normal(size=3)]))
+        if second.size < 2:
+            second = first
+        arrays += [histogram(first), histogram(second)]
+    batch = distance.histogram_distributions(arrays)
+    pairs = [(batch, i, i + 1) for i in range(0, len(arrays), 2)] + [
+        (batch, int(a), int(b)) for a, b in rng.integers(0, len(arrays), (100, 2))
+    ]
+    expected = [alone(*pair) for pair in pairs]
+    assert 50 < sum(expected) < 300
+    assert scores._fixed_edges_each(pairs) == expected
+    assert scores._fixed_edges_each([]) == []
+
+
 def test_updates_give_the_movement_per_update(rng):
     start = rng.normal(size=(8, 8))
     _, by_tag = _scored([ours("a/w", [start, start * 1.5])])
