@@ -223,8 +223,11 @@ def finite(value):
 
 def finite_list(values):
     """A JSON-safe list of floats (None for NaN and Inf) from an array or list."""
-    floats = np.asarray(values, dtype=np.float64).tolist()
-    return [v if math.isfinite(v) else None for v in floats]
+    array = np.asarray(values, dtype=np.float64)
+    floats = array.tolist()
+    for index in np.flatnonzero(~np.isfinite(array)).tolist():
+        floats[index] = None
+    return floats
 
 
 # Significant digits of the per-step lists in the JSON (what the heatmap,
