@@ -271,10 +271,7 @@ def _histogram_facts(many):
         first_bad = np.full(len(numbers), -1, dtype=np.int64)
         if filled.size:
             frozen[filled] = np.logical_and.reduceat(same, cuts)
-            with np.errstate(invalid="ignore"):
-                elements[filled] = np.maximum(
-                    np.maximum.reduceat(np.where(np.isfinite(totals), totals, -np.inf), cuts), 0.0
-                )
+            elements[filled] = np.maximum(np.maximum.reduceat(np.where(np.isfinite(totals), totals, -np.inf), cuts), 0.0)
             bad = np.flatnonzero(nonfinite)
             if bad.size:
                 at = np.searchsorted(bad, cuts)
