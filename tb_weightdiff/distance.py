@@ -612,18 +612,15 @@ def _cdf_tables(left, right, cumulative, shifts):
     return x, probability
 
 
-def _interp_rows(values, x, f, left, right, after=None):
+def _interp_rows(values, x, f, left, right, after):
     """`np.interp(values[i], x[i], f[i], left, right)` for every row `i`, bit for bit.
 
-    `values`: `[n, m]`; `x` (sorted, repeats allowed), `f`: `[n, W]`, `W >= 2`.
-    numpy's rule, which this follows: `j` is the last knot with `x[j] <= v`;
-    a value on a knot, or on the last one, takes `f[j]`. `after`: the count
-    of knots `<= v` (`j + 1`) when the caller has it; otherwise each value
-    is compared with its whole row (O(n m W), for a few values per row).
+    `values`: `[n, m]`; `x` (sorted, repeats allowed), `f`: `[n, W]`, `W >= 2`;
+    `after`: `[n, m]`, the count of each row's knots `<= v` (`searchsorted`
+    on the right). numpy's rule, which this follows: `j` is the last knot with
+    `x[j] <= v`; a value on a knot, or on the last one, takes `f[j]`.
     """
     n, width = x.shape
-    if after is None:
-        after = np.count_nonzero(x[:, None, :] <= values[:, :, None], axis=2)
     j = after - 1
     rows = np.arange(n)[:, None]
     lo = np.clip(j, 0, width - 2)

@@ -651,17 +651,12 @@ def _rescale(pending, digests_of=None, memo=None):
             memo.store_fit(key, (residual, scale))
 
 
-def _fixed_edges(distributions, first, second):
-    """Whether two steps' histograms share most inner bucket edges (fixed buckets, as
-    torch's `add_histogram` writes by default) instead of spanning each its own range."""
-    return _fixed_edges_each([(distributions, first, second)])[0]
-
-
 def _fixed_edges_each(pairs):
-    """`_fixed_edges` of many `(distributions, first, second)`, in one sort of all their edges.
-
-    For each pair, the share of the second step's inner edges (each bucket's
-    left edge but the first's) found among the first step's, above one half.
+    """For each `(distributions, first, second)`, whether the two steps' histograms
+    share most inner bucket edges (fixed buckets, as torch's `add_histogram`
+    writes by default) instead of spanning each its own range: whether more
+    than half of the second step's inner edges (each bucket's left edge but the
+    first's) are among the first step's. One sort of all the pairs' edges.
     """
     if not pairs:
         return []
@@ -716,11 +711,6 @@ def _largest_each(arrays):
         if has:
             found[number] = first
     return found
-
-
-def _largest_at(values):
-    """Index of the largest finite value (the first of equals), or None."""
-    return _largest_each([values])[0]
 
 
 def _exact_rescaling(variable, index):
