@@ -253,7 +253,8 @@ def _report(args):
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         with reader.open_logdir(args.logdir, loader=args.loader) as opened:
-            result = judge.analyze_logdir(opened, runs=args.runs, thresholds=thresholds, source=args.source)
+            # One judging: no distance memo (its digests would serve no next judging).
+            result = judge.analyze_logdir(opened, runs=args.runs, thresholds=thresholds, source=args.source, memo=False)
     except (reader.LogdirError, judge.AnalysisError) as error:
         raise _CommandError(str(error)) from None
     if not result["runs"]:

@@ -46,11 +46,6 @@ def _executor():
         return _EXECUTOR[0]
 
 
-def in_background(function):
-    """`function()` on the thread pool the numpy work runs on: a `Future`."""
-    return _executor().submit(function)
-
-
 _PROBABILITIES = np.asarray(metadata.QUANTILE_PROBABILITIES, dtype=np.float64)
 
 

@@ -84,9 +84,9 @@ def _in_step_order(series, warnings):
     return dataclasses.replace(series, steps=steps, summaries=summaries, table=None)
 
 
-def _judge_run(run, source, series_list, thresholds, warnings, other_source_count, optimizer, resets=None):
+def _judge_run(run, source, series_list, thresholds, warnings, other_source_count, optimizer, resets=None, memo=None):
     variables = scores.build_variables(series_list, warnings)
-    layers = scores.score_layers(variables, thresholds.settled_fraction)
+    layers = scores.score_layers(variables, thresholds.settled_fraction, memo=memo)
     if optimizer:
         scores.attach_updates(variables, optimizer["steps"], optimizer["updates"])
     medians = verdicts.judge(layers, thresholds)
@@ -126,7 +126,9 @@ def _downsampling_warning(series_list):
     )
 
 
-def _analyze_run(run, series_list, thresholds, warnings, other_source_count, optimizer, sampled=False, resets=None):
+def _analyze_run(
+    run, series_list, thresholds, warnings, other_source_count, optimizer, sampled=False, resets=None, memo=None,
+):
     source = series_list[0].source if series_list else metadata.PLUGIN_NAME
     series_list = [_in_step_order(series, warnings) for series in series_list]
     if sampled:
@@ -134,7 +136,9 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
         if note:
             warnings.insert(0, note)
     try:
-        return _judge_run(run, source, series_list, thresholds, list(warnings), other_source_count, optimizer, resets)
+        return _judge_run(
+            run, source, series_list, thresholds, list(warnings), other_source_count, optimizer, resets, memo
+        )
     except Exception:  # pylint: disable=broad-except
         # Data the reader's checks let through still broke the run: find the
         # series that cannot be judged, one by one, and judge the run without
@@ -144,12 +148,12 @@ def _analyze_run(run, series_list, thresholds, warnings, other_source_count, opt
     kept = []
     for series in series_list:
         try:
-            _judge_run(run, source, [series], thresholds, [], 0, None)
+            _judge_run(run, source, [series], thresholds, [], 0, None, memo=False)
         except Exception as error:  # pylint: disable=broad-except
             warnings.append("%s: skipped, cannot be judged: %s: %s" % (series.tag, type(error).__name__, error))
             continue
         kept.append(series)
-    return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer, resets)
+    return _judge_run(run, source, kept, thresholds, warnings, other_source_count, optimizer, resets, memo)
 
 
 def _histograms_only(our_tags, histogram_tags):
@@ -172,7 +176,7 @@ def _histograms_only_warning(tags):
 
 def analyze_series(
     series_list, thresholds=None, source="auto", skipped=(), other_source_counts=None, optimizers=None,
-    sampled=False, histograms_only=None, resets=None,
+    sampled=False, histograms_only=None, resets=None, memo=None,
 ):
     """Scores and verdicts for series of one or more runs.
 
@@ -196,6 +200,9 @@ def analyze_series(
         that were not read and name tensors the run's summaries do not
         (`analyze_logdir` finds them in the listings); a run judged from its
         summaries says that they were left out, and why that usually happens.
+      memo: the `scores.DistanceMemo` that keeps distances for the next
+        judging (default `scores.DISTANCES`); False for none (one judging,
+        as the CLI's).
 
     Returns:
       A list of run dicts (the JSON contract in the README), sorted by run.
@@ -237,13 +244,13 @@ def analyze_series(
         results.append(
             _analyze_run(
                 run, chosen, thresholds, list(extra.get(run, [])), other_count, optimizer, sampled,
-                (resets or {}).get(run),
+                (resets or {}).get(run), memo,
             )
         )
     return results
 
 
-def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
+def analyze_logdir(logdir, runs=None, thresholds=None, source="auto", memo=None):
     """Reads every weight series of a logdir and judges it.
 
     Each run is read only from the source it is judged from (a run with our
@@ -258,6 +265,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
       runs: optional iterable of run names; default all runs with weight data.
       thresholds: a `verdicts.Thresholds`.
       source: as in `analyze_series`.
+      memo: as in `analyze_series`.
 
     Returns:
       `{"thresholds": {...}, "runs": [...]}`, ready for `verdicts.to_json`.
@@ -316,6 +324,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                 analyze_series(
                     series, thresholds, source=source, skipped=kept, other_source_counts=other_counts,
                     optimizers=optimizers, sampled=sampled, histograms_only=histograms_only, resets=resets,
+                    memo=memo,
                 )
             )
     if metadata.HISTOGRAM_PLUGIN_NAME in weight_listings:
@@ -334,6 +343,7 @@ def analyze_logdir(logdir, runs=None, thresholds=None, source="auto"):
                 results.extend(
                     analyze_series(
                         series, thresholds, source=source, skipped=mine + warnings, sampled=sampled, resets=resets,
+                        memo=memo,
                     )
                 )
             if carried:

@@ -107,6 +107,15 @@ class _GuardedProvider:
         return guarded
 
 
+def _flush_distance_memo():
+    """Stores what judgings deferred for the distance memo (after an answer has gone out)."""
+    try:
+        scores.DISTANCES.flush()
+    except Exception:  # pylint: disable=broad-except
+        # Only the next judging's reuse is lost; the answer was sent.
+        _LOGGER.warning("tb_weightdiff: storing distances for the next judging failed", exc_info=True)
+
+
 def _is_transport_failure(error):
     try:
         import grpc  # pylint: disable=import-outside-toplevel
@@ -469,6 +478,9 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
                 self._run_verdicts.encoded(logdir, runs, verdicts.Thresholds())
         except Exception:  # pylint: disable=broad-except
             _LOGGER.info("tb_weightdiff: judging ahead of the tab failed; the tab judges when asked", exc_info=True)
+        # The answers are cached (a request that waited for them has them): now
+        # the steps' digests, for the next judging's reuse.
+        _flush_distance_memo()
 
     def frontend_metadata(self):
         return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="Weight Diff")
@@ -514,14 +526,19 @@ class WeightDiffPlugin(base_plugin.TBPlugin):
             except judge.AnalysisError as error:
                 raise errors.InvalidArgumentError(str(error)) from None
             if tag is None:
-                return http_util.Respond(request, body, mime_type)
-            # The tab asks again every few seconds: an answer it holds already
-            # costs no transfer, no gzip and no parsing (304).
-            if request.if_none_match.contains(tag):
-                return wrappers.Response(
+                response = http_util.Respond(request, body, mime_type)
+            elif request.if_none_match.contains(tag):
+                # The tab asks again every few seconds: an answer it holds already
+                # costs no transfer, no gzip and no parsing (304).
+                response = wrappers.Response(
                     status=304, headers=[("ETag", '"%s"' % tag), ("Cache-Control", "no-cache, must-revalidate")]
                 )
-            return http_util.Respond(request, body, mime_type, headers=[("ETag", '"%s"' % tag)])
+            else:
+                response = http_util.Respond(request, body, mime_type, headers=[("ETag", '"%s"' % tag)])
+            # What a judging left for the distance memo (its steps' digests) is
+            # stored once the answer has gone out, not before it.
+            response.call_on_close(_flush_distance_memo)
+            return response
 
         return route
 

@@ -406,14 +406,39 @@ class DistanceMemo:
     the two steps they compare (`max_fits` of them).
     """
 
-    def __init__(self, max_steps=1_000_000, max_fits=100_000):
+    def __init__(self, max_steps=1_000_000, max_fits=100_000, max_deferred_bytes=64 << 20):
         self._max_steps = max_steps
         self._steps = 0
         self._entries = collections.OrderedDict()
         # Rescale fits (`rescale_fit`), by the two steps' digests and RMS values.
         self._max_fits = max_fits
         self._fits = collections.OrderedDict()
+        # What judgings left to store (`defer`), until `flush`: (task, bytes it holds).
+        self._deferred = []
+        self._max_deferred_bytes = max_deferred_bytes
         self._lock = threading.Lock()
+
+    def defer(self, task, size=0):
+        """Keeps `task()`, which stores a judging's entries, for `flush`: the first
+        judging of a batch hashes its steps after its answer, not before.
+        `size`: the bytes `task` holds; past `max_deferred_bytes` in all, the
+        oldest tasks are run now (a logdir judged in many batches keeps one or
+        two batches' rows, not all)."""
+        with self._lock:
+            self._deferred.append((task, size))
+            due = []
+            while len(self._deferred) > 1 and sum(size for _, size in self._deferred) > self._max_deferred_bytes:
+                due.append(self._deferred.pop(0)[0])
+        for task in due:
+            task()
+
+    def flush(self):
+        """Stores what judgings deferred: the plugin does once its answer has gone
+        out. (Until then a judging of the same steps reuses nothing of them.)"""
+        with self._lock:
+            tasks, self._deferred = self._deferred, []
+        for task, _ in tasks:
+            task()
 
     def reuse(self, key, digests):
         """`(count, mantissa, exponent)`: the first `count` steps' stored distances
@@ -458,7 +483,33 @@ class DistanceMemo:
                 self._fits.popitem(last=False)
 
     def __len__(self):
+        """Entries stored (deferred ones once flushed)."""
         return len(self._entries)
+
+
+class _Deferred:
+    """A batch's entries for the memo, stored when it is flushed: every step's
+    digest is computed then, and the distances and rescale fits kept now."""
+
+    def __init__(self, memo, root):
+        self.memo = memo
+        # What the digests read, without the buckets as logged or the W1 tables.
+        self.rows = dataclasses.replace(root, raw=None, rows=None)
+        self.size = sum(
+            getattr(self.rows, name).nbytes
+            for name in ("valid", "exponent", "left", "right", "cumulative", "quantiles")
+            if getattr(self.rows, name) is not None
+        )
+        self.entries = []  # (key, offset, steps, mantissa, exponent)
+        self.fits = []  # (offset, first, second, kind, rms first, rms second, (residual, scale))
+
+    def store(self):
+        digests = self.rows.row_digests()
+        for key, offset, steps, mantissa, exponent in self.entries:
+            self.memo.store(key, digests[offset : offset + steps].copy(), mantissa, exponent)
+        for offset, first, second, kind, rms_first, rms_second, found in self.fits:
+            key = (kind, digests[offset + first].tobytes(), digests[offset + second].tobytes(), rms_first, rms_second)
+            self.memo.store_fit(key, found)
 
 
 # The memo every judging in this process shares (the plugin's polls; the CLI judges once).
@@ -466,26 +517,29 @@ DISTANCES = DistanceMemo()
 
 
 def _baseline_distances(variables, memo):
-    """`({id(variable): (mantissa, exponent)}, {id(variable): step digests})`: W1 from
-    the baseline and between consecutive steps, per step; one `pairs` call per
-    batch of distributions.
+    """`({id(variable): (mantissa, exponent)}, {id(variable): step digests},
+    {id(variable): (_Deferred, offset)})`: W1 from the baseline and between
+    consecutive steps, per step; one `pairs` call per batch of distributions.
 
     `memo`: a `DistanceMemo` whose distances of steps judged before are taken
-    and only the others computed, or None (no memo, and no digests)."""
+    and only the others computed, or None (no memo, and no digests). A batch
+    with nothing stored gets no digests now: its entries are deferred
+    (`_Deferred`), to be stored when the memo is flushed (`DistanceMemo.flush`)."""
     groups = {}
     for variable in variables:
         root = variable.distributions.batch or variable.distributions
         groups.setdefault(id(root), (root, []))[1].append(variable)
-    found, digests_of = {}, {}
+    found, digests_of, deferred_of = {}, {}, {}
     for root, members in groups.values():
         offsets = [variable.distributions.offset if variable.distributions.batch is not None else 0
                    for variable in members]
-        keys, digests, pending = [None] * len(members), None, None
+        keys, digests, deferred = [None] * len(members), None, None
         if memo is not None:
             # A series' entry is named by its first step's digest. With none of
             # this batch's stored, nothing can be reused: every step's digest
-            # (kept for the next judging) is then computed on the thread pool
-            # while the distances are.
+            # (kept for the next judging) is computed when the memo is
+            # flushed, after this judging's answer (~10 % of judging a batch,
+            # and hashing short rows holds the GIL).
             # (A variable without steps has no first step, and no key.)
             with_steps = [index for index, variable in enumerate(members) if len(variable.steps)]
             heads = root.row_digests([offsets[index] for index in with_steps])
@@ -496,7 +550,7 @@ def _baseline_distances(variables, memo):
             if any(key is not None and memo.has(key) for key in keys):
                 digests = root.row_digests()
             else:
-                pending = distance.in_background(root.row_digests)
+                deferred = _Deferred(memo, root)
         plans, firsts, seconds = [], [], []
         for variable, offset, key in zip(members, offsets, keys):
             mantissa, exponent, requests = _distance_requests(variable)
@@ -523,15 +577,18 @@ def _baseline_distances(variables, memo):
                     exponent[name][targets] = exponents[position : position + targets.size]
                     position += targets.size
         if memo is not None:
-            if pending is not None:
-                digests = pending.result()
             for variable, mantissa, exponent, _, key, offset in plans:
-                if key is not None:
+                if key is None:
+                    continue
+                # Copies: the variable's own arrays are its to use.
+                kept = ({k: v.copy() for k, v in mantissa.items()}, {k: v.copy() for k, v in exponent.items()})
+                if deferred is not None:
+                    deferred.entries.append((key, offset, len(variable.steps)) + kept)
+                    deferred_of[id(variable)] = (deferred, offset)
+                else:
                     own = digests_of[id(variable)] = digests[offset : offset + len(variable.steps)]
-                    # Copies: the variable's own arrays are its to use.
-                    memo.store(key, own.copy(), {k: v.copy() for k, v in mantissa.items()},
-                               {k: v.copy() for k, v in exponent.items()})
-    return found, digests_of
+                    memo.store(key, own.copy(), *kept)
+    return found, digests_of, deferred_of
 
 
 def _usable(value):
@@ -614,15 +671,17 @@ def _score(variable, values, index, distances):
     return None
 
 
-def _rescale(pending, digests_of=None, memo=None):
+def _rescale(pending, digests_of=None, memo=None, deferred_of=None):
     """How much of each variable's movement a rescaling explains, at its largest movement.
 
     `pending`: `_score`'s answers. Distributions are fitted in one batch
     (`distance.rescale_fits`): a run of thousands of histogram series fits them
     in a few dozen numpy calls per grid instead of a few dozen per variable.
     With `memo` and the steps' digests, fits of the same two steps judged
-    before are taken from it."""
+    before are taken from it; a variable whose batch's entries are deferred
+    (`deferred_of`) has its fit kept with them."""
     digests_of = digests_of or {}
+    deferred_of = (deferred_of or {}) if memo is not None else {}
     fitted, keys = [], []
     for variable, index, known in pending:
         if variable.movement_kind == RELATIVE_CHANGE:
@@ -645,10 +704,16 @@ def _rescale(pending, digests_of=None, memo=None):
     for (variable, _), fixed in zip(histograms, _fixed_edges_each([(v.distributions, 0, i) for v, i in histograms])):
         variable.fixed_edges = fixed
     found = distance.rescale_fits([(v.distributions, 0, index, known) for v, index, known in fitted])
-    for (variable, _, _), key, (residual, scale) in zip(fitted, keys, found):
+    for (variable, index, _), key, (residual, scale) in zip(fitted, keys, found):
         variable.rescale_residual, variable.rescale = residual, scale
         if key is not None:
             memo.store_fit(key, (residual, scale))
+        elif id(variable) in deferred_of:
+            deferred, offset = deferred_of[id(variable)]
+            rms = variable.distributions.rms
+            deferred.fits.append(
+                (offset, 0, index, variable.distributions.kind, float(rms[0]), float(rms[index]), (residual, scale))
+            )
 
 
 def _fixed_edges_each(pairs):
@@ -791,7 +856,7 @@ def score_layers(variables, settled_fraction=0.1, memo=None):
 
     `memo`: a `DistanceMemo` (default `DISTANCES`; False: none)."""
     memo = DISTANCES if memo is None else (None if memo is False else memo)
-    distances, digests_of = _baseline_distances(variables, memo)
+    distances, digests_of, deferred_of = _baseline_distances(variables, memo)
     layers = {}
     for variable in variables:
         layers.setdefault(variable.layer, []).append(variable)
@@ -819,7 +884,9 @@ def score_layers(variables, settled_fraction=0.1, memo=None):
             pending.append(rescaling)
         variable.settled_step = step
         variable.peer_group = peer_group(variable)
-    _rescale(pending, digests_of, memo)
+    _rescale(pending, digests_of, memo, deferred_of)
+    for deferred in {id(deferred): deferred for deferred, _ in deferred_of.values()}.values():
+        memo.defer(deferred.store, deferred.size)
     return layers
 
 

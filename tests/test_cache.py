@@ -13,6 +13,7 @@ from tb_weightdiff import judge
 from tb_weightdiff import metadata
 from tb_weightdiff import plugin as plugin_lib
 from tb_weightdiff import reader
+from tb_weightdiff import scores
 from tb_weightdiff import verdicts
 from conftest import plugin_client
 from logdirs import append_step
@@ -135,6 +136,31 @@ def test_an_answer_the_tab_holds_already_comes_back_as_a_304_until_the_data_chan
     later = client.get(PREFIX + "/verdicts", headers={"If-None-Match": tag})
     assert later.status_code == 200 and later.headers["ETag"] != tag
     assert json.loads(later.get_data())["runs"][-1]["steps"][-1] == 6
+
+
+def test_the_distance_memo_is_filled_after_the_answer_and_a_poll_reuses_it(tmp_path, monkeypatch):
+    # The first judging hashes no step before its answer: the memo is filled
+    # once the response is closed (sent), and the judging after one new step
+    # computes that step's distances only.
+    from tb_weightdiff import distance
+
+    series = write_planted_logdir(tmp_path)
+    memo = scores.DistanceMemo()
+    monkeypatch.setattr(scores, "DISTANCES", memo)
+    client, multiplexer = _reloadable_client(tmp_path)
+    response = client.get(PREFIX + "/verdicts")
+    assert response.status_code == 200 and response.get_data()
+    response.close()
+    assert len(memo) > 0
+    counted = []
+    real = distance.Distributions.pairs
+    monkeypatch.setattr(distance.Distributions, "pairs",
+                        lambda self, first, second: counted.append(len(first)) or real(self, first, second))
+    append_step(tmp_path, series, 6)
+    multiplexer.Reload()
+    later = json.loads(client.get(PREFIX + "/verdicts").get_data())
+    assert later["runs"][-1]["steps"][-1] == 6
+    assert sum(counted) == 2 * len(series)  # the new step's two distances per planted series, nothing else
 
 
 def test_only_the_run_that_logged_a_step_is_judged_again(tmp_path, monkeypatch):

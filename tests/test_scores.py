@@ -311,6 +311,7 @@ def test_a_series_that_gained_a_step_computes_only_the_new_steps_distances(rng, 
     counted = _pair_counter(monkeypatch)
     judge.analyze_series(shorter)
     assert sum(counted) == 2 * 2 * 10  # two series, 10 later steps, from the baseline and the step before
+    memo.flush()  # (the plugin's, once its answer has gone out)
     counted.clear()
     assert judge.analyze_series(series) == fresh  # the memo changes no number
     assert sum(counted) == 2 * 2  # only the new step's two distances, per series
@@ -325,10 +326,65 @@ def test_a_series_that_gained_a_step_computes_only_the_new_steps_distances(rng, 
     counted.clear()
     assert judge.analyze_series(rewritten) == expected
     assert sum(counted) == 2 * 2 * 7  # steps 5..11 again, from the baseline and the step before
+    memo.flush()
     counted.clear()
     # The same data again (new thresholds, another poll): nothing computed.
     judge.analyze_series(rewritten, thresholds=verdicts.Thresholds(min_shift=0.5))
     assert sum(counted) == 0
+
+
+def test_a_first_judging_stores_its_memo_entries_when_the_memo_is_flushed(rng, monkeypatch):
+    """The first judging of a batch hashes nothing before its answer: its steps'
+    digests, distances and rescale fits are stored by `flush` (the plugin's,
+    after the answer has gone out), or when deferred rows pass the memo's budget."""
+    from tb_weightdiff import distance
+
+    memo = scores.DistanceMemo()
+    monkeypatch.setattr(scores, "DISTANCES", memo)
+    hashed = []
+    real_digests = distance.Distributions.row_digests
+
+    def row_digests(self, rows=None):
+        hashed.append(len(self.valid) if rows is None else len(rows))
+        return real_digests(self, rows)
+
+    monkeypatch.setattr(distance.Distributions, "row_digests", row_digests)
+    series = [histograms("m/dense/kernel", walk(rng, rng.normal(0, 0.1, 300), 8, 0.05)),
+              histograms("m/dense/bias", walk(rng, rng.normal(0, 0.1, 20), 8, 0.05))]
+    first = judge.analyze_series(series)
+    assert hashed == [2]  # each series' first step only: the entries' names
+    assert len(memo) == 0 and len(memo._fits) == 0
+    memo.flush()
+    assert hashed == [2, 16] and len(memo) == 2 and len(memo._fits) == 2
+    memo.flush()  # nothing left to store
+    assert hashed == [2, 16]
+    counted = _pair_counter(monkeypatch)
+    fits = []
+    real_fits = distance.rescale_fits
+    monkeypatch.setattr(distance, "rescale_fits", lambda requests: fits.append(len(requests)) or real_fits(requests))
+    again = judge.analyze_series(series, thresholds=verdicts.Thresholds(min_shift=0.5))
+    assert sum(counted) == 0 and fits == [0]  # distances and fits from the memo
+
+    def figures(result):
+        return [(v["tag"], v["shift_from_baseline"], v["rescale_residual"], v["rescale"])
+                for v in result[0]["layers"][0]["variables"]]
+
+    assert figures(again) == figures(first) and first[0]["layers"][0]["variables"][0]["rescale"] is not None
+    # Before a flush, a judging of the same steps reuses nothing of them (and is still right).
+    other = [histograms("n/dense/kernel", walk(rng, rng.normal(0, 0.1, 300), 8, 0.05))]
+    expected = judge.analyze_series(other)
+    counted.clear()
+    assert judge.analyze_series(other) == expected and sum(counted) == 2 * 7 and len(memo) == 2
+    memo.flush()
+    counted.clear()
+    assert judge.analyze_series(other) == expected and sum(counted) == 0 and len(memo) == 3
+    # Past its budget, the memo stores the oldest deferred batches at once.
+    small = scores.DistanceMemo(max_deferred_bytes=1)
+    monkeypatch.setattr(scores, "DISTANCES", small)
+    judge.analyze_series(series)
+    assert len(small) == 0  # one batch deferred: kept, whatever its size
+    judge.analyze_series(other)
+    assert len(small) == 2  # the first batch stored when the second was deferred
 
 
 def test_the_distance_memo_is_bounded_and_can_be_turned_off(rng, monkeypatch):
@@ -336,6 +392,7 @@ def test_the_distance_memo_is_bounded_and_can_be_turned_off(rng, monkeypatch):
     monkeypatch.setattr(scores, "DISTANCES", memo)
     for index in range(5):
         judge.analyze_series([histograms("t%d/kernel" % index, walk(rng, rng.normal(0, 0.1, 50), 10, 0.05))])
+    memo.flush()
     assert len(memo) == 2  # 10 steps each, 25 at most: the oldest went
     counted = _pair_counter(monkeypatch)
     series = [histograms("t4/kernel", walk(rng, rng.normal(0, 0.1, 50), 10, 0.05))]
@@ -353,6 +410,7 @@ def test_runs_whose_series_start_alike_keep_a_memo_entry_each(rng, monkeypatch):
     runs = {run: [np.zeros(16)] + [rng.normal(0, 0.1, 16) for _ in range(7)] for run in ("a", "b")}
     series = [histograms("m/dense/bias", arrays, run=run) for run, arrays in runs.items()]
     judge.analyze_series(series)
+    memo.flush()
     assert len(memo) == 2
     counted = _pair_counter(monkeypatch)
     judge.analyze_series(series)
