@@ -24,12 +24,32 @@ from tensorboard.util import tensor_util
 from tb_weightdiff import metadata
 from tb_weightdiff import summary as summary_lib
 
-__all__ = ["FILENAME_SUFFIX", "create_writer", "write_optimizer", "write_reset", "write_statistics", "write_weights"]
+__all__ = ["FILENAME_SUFFIX", "create_writer", "guarded", "write_optimizer", "write_reset", "write_statistics", "write_weights"]
 
 # TensorBoard's own scalar metadata: the optimizer's state shows in the Scalars tab too.
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
 
 FILENAME_SUFFIX = ".tb_weightdiff"
+
+
+def guarded(log, who, function, *args):
+    """Calls `function(*args)`; on an exception, warns on `log` once and returns False.
+
+    Training matters more than its logs: a logger whose write fails says so
+    in one warning and stops logging (its caller keeps the flag); training
+    goes on.
+    """
+    try:
+        function(*args)
+    except Exception as error:  # pylint: disable=broad-except
+        log.warning(
+            "%s stopped logging after an error; training continues: %s: %s",
+            who,
+            type(error).__name__,
+            error,
+        )
+        return False
+    return True
 
 
 def create_writer(directory):

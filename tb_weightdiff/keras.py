@@ -254,19 +254,8 @@ class WeightDiffCallback(keras.callbacks.Callback):
         return self._chief
 
     def _guard(self, function, *args):
-        if self._failed or not self._is_chief():
-            return
-        try:
-            function(*args)
-        except Exception as error:  # pylint: disable=broad-except
-            # Training matters more than its logs: warn once, then stop logging.
-            self._failed = True
-            logger.warning(
-                "WeightDiffCallback stopped logging after an error; training "
-                "continues: %s: %s",
-                type(error).__name__,
-                error,
-            )
+        if not self._failed and self._is_chief():
+            self._failed = not events.guarded(logger, "WeightDiffCallback", function, *args)
 
     def _variables(self):
         """Unique weight variables, in model order, with their trainability."""

@@ -447,18 +447,8 @@ class WeightDiffLogger:
         self._updates += 1
 
     def _guard(self, function, *args):
-        if self._failed:
-            return
-        try:
-            function(*args)
-        except Exception as error:  # pylint: disable=broad-except
-            # Training matters more than its logs: warn once, then stop logging.
-            self._failed = True
-            logger.warning(
-                "WeightDiffLogger stopped logging after an error; training continues: %s: %s",
-                type(error).__name__,
-                error,
-            )
+        if not self._failed:
+            self._failed = not events.guarded(logger, "WeightDiffLogger", function, *args)
 
     def _tensors(self):
         """`(name, tensor, trainable, layer class)` for every tensor to log, in model order."""
