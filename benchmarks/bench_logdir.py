@@ -31,7 +31,10 @@ histograms=0,tb_weightdiff=0` (Rust data server). Measured in that process:
 - the repeated GET (what each poll of the tab costs) is also measured with
   the plugin on TensorBoard's one gRPC channel
   (TB_WEIGHTDIFF_CONNECTION_PER_CALL=0), whose answers mostly wait 40 ms for
-  a delayed ACK because the Rust data server leaves Nagle's algorithm on.
+  a delayed ACK because the Rust data server leaves Nagle's algorithm on;
+- a listing of every series on a connection of its own, with the keepalive
+  pings the plugin's channels send while a call is open against the same
+  listing without them (taking turns): without, a few still wait 40 ms.
 
 The same is measured on our own summaries (`--source tb_weightdiff`, what
 `WeightDiffCallback` writes) against the raw read.
@@ -91,6 +94,28 @@ class RawRead:
         )
         self.times.append(time.perf_counter() - started)
         self.tensors = sum(len(points) for tags in data.values() for points in tags.values())
+
+    def listing_waits(self, count):
+        """A listing of every series, `count` times on a connection of its own
+        with keepalive pings (what the plugin does) and `count` times without,
+        taking turns. Returns `{pinging: (mean seconds, listings over 20 ms)}`:
+        the Rust data server's Nagle makes a few wait 40 ms for a delayed ACK."""
+        per_call = self._logdir.provider._provider  # pylint: disable=protected-access
+        kind = type(per_call)
+        if not isinstance(per_call, self._reader.ConnectionPerCall):
+            return None
+        times = {True: [], False: []}
+        default = kind.PING_MS
+        try:
+            for index in range(2 * count):
+                pinging = index % 2 == 0
+                kind.PING_MS = default if pinging else 2**31 - 1  # never, within a call
+                started = time.perf_counter()
+                per_call.list_tensors(self._logdir.ctx, experiment_id="", plugin_name=self._plugin_name)
+                times[pinging].append(time.perf_counter() - started)
+        finally:
+            kind.PING_MS = default
+        return {key: (sum(values) / len(values), sum(value > 0.020 for value in values)) for key, values in times.items()}
 
     def close(self):
         self._opened.__exit__(None, None, None)
@@ -219,6 +244,8 @@ def measure(runs, tensors, steps, mode, source="histograms"):
     shared_poll = _poll_on_tensorboards_channel(path, runs, steps - 1) if source == "histograms" else None
     for _ in range(max(0, (2 if large else repeats) - len(raw_read.times))):
         raw_read.read()
+    listings = 40 if mode == "smoke" else 400
+    waits = raw_read.listing_waits(listings) if source == "histograms" else None
     raw_read.close()
     raw, tensors_read = common.median(raw_read.times), raw_read.tensors
     figure = "GET /verdicts, %s, %s, judged cold" % (size, label)
@@ -251,6 +278,13 @@ def measure(runs, tensors, steps, mode, source="histograms"):
         rows.append(common.row(
             BENCH, "  repeated GET /verdicts (answer cache), %s" % size, cached * 1e3, raw * 1e3,
             peer_name="read_tensors",
+        ))
+    if waits is not None:
+        (pinging, pinging_waits), (silent, silent_waits) = waits[True], waits[False]
+        rows.append(common.row(
+            BENCH, "  a listing of every series (%d), a gRPC connection per call, mean of %d" % (runs * tensors, listings),
+            pinging * 1e3, silent * 1e3, peer_name="same without keepalive pings",
+            note="%d / %d of %d listings over 20 ms, pinging / not" % (pinging_waits, silent_waits, listings),
         ))
     return rows
 

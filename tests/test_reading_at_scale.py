@@ -328,6 +328,34 @@ def test_each_call_to_tensorboards_data_server_has_a_connection_of_its_own_and_t
         assert _flatten(reader.read_series(opened, metadata.PLUGIN_NAME)[0]) == _flatten(read)
 
 
+def test_a_connection_per_call_pings_while_its_call_is_open(tmp_path, monkeypatch):
+    """Even a new connection waits now and then for the client's delayed ACK
+    (40 ms): its channel sends keepalive pings every few ms while a call is
+    open, whose packets carry that ACK, and none while no call is."""
+    import grpc  # pylint: disable=import-outside-toplevel
+
+    _several_runs(tmp_path, count=1)
+    seen = []
+    real = grpc.secure_channel
+
+    def recorded(target, credentials, options=None, **kwargs):
+        seen.append(dict(options or ()))
+        return real(target, credentials, options=options, **kwargs)
+
+    monkeypatch.setattr(grpc, "secure_channel", recorded)
+    with reader.open_logdir(str(tmp_path), loader="rust") as opened:
+        listed = opened.provider.list_tensors(opened.ctx, experiment_id=opened.experiment_id,
+                                              plugin_name=metadata.PLUGIN_NAME)
+        read, _ = reader.read_series(opened, metadata.PLUGIN_NAME)
+    assert listed and read
+    ours = [options for options in seen if options.get("grpc.use_local_subchannel_pool") == 1]
+    assert len(ours) >= 2  # the listing and the read, each on a channel of its own
+    for options in ours:
+        assert 0 < options["grpc.keepalive_time_ms"] <= 5
+        assert options["grpc.keepalive_permit_without_calls"] == 0
+        assert options["grpc.http2.max_pings_without_data"] == 0  # however many
+
+
 def test_only_tensorboards_grpc_provider_on_this_machine_gets_a_connection_per_call(monkeypatch):
     from tensorboard.data import grpc_provider  # pylint: disable=import-outside-toplevel
 
